@@ -1,0 +1,272 @@
+"""Networks of the content-noise complementary GAN.
+
+Three predictor variants (U-Net, DnCNN, reduced SRDenseNet), the generator that joins a content
+predictor and a noise predictor with a learned 1x1 fusion, an optional refinement stage, and the
+conditional PatchGAN discriminator. Each predictor maps (N, 1, H, W) to (N, 1, H, W).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+VARIANTS = ("unet", "dncnn", "srdensenet")
+MODES = ("both", "content", "noise")
+
+
+def conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
+    return [
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
+
+
+class DoubleConv(nn.Sequential):
+    """Two [3x3 conv -> BatchNorm -> ReLU], the U-Net's unit at every level."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(*conv_bn_relu(in_channels, out_channels), *conv_bn_relu(out_channels, out_channels))
+
+
+class UNetPredictor(nn.Module):
+    """U-Net with `depth` pooling levels, widths base_width * 2**level, bilinear upsampling.
+
+    With bilinear upsampling the bottleneck keeps the width of the level above it (as in the
+    reference 64-128-256-512-1024 recipe, whose last level halves to 512 before concatenation).
+    Input height and width must be divisible by 2**depth; ContentNoiseGenerator pads for that.
+    """
+
+    def __init__(self, in_channels: int = 1, out_channels: int = 1, base_width: int = 64, depth: int = 4):
+        super().__init__()
+        widths = [base_width * 2**level for level in range(depth + 1)]
+        self.stem = DoubleConv(in_channels, widths[0])
+        self.down = nn.ModuleList()
+        for level in range(1, depth + 1):
+            out_width = widths[level] // 2 if level == depth else widths[level]
+            self.down.append(nn.Sequential(nn.MaxPool2d(2), DoubleConv(widths[level - 1], out_width)))
+        self.up = nn.ModuleList()
+        for level in range(depth - 1, -1, -1):
+            out_width = widths[level] // 2 if level > 0 else widths[0]
+            self.up.append(DoubleConv(widths[level] * 2, out_width))
+        self.head = nn.Conv2d(widths[0], out_channels, 1)
+        self.size_multiple = 2**depth
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = [self.stem(x)]
+        for block in self.down:
+            skips.append(block(skips[-1]))
+        y = skips.pop()
+        for block in self.up:
+            skip = skips.pop()
+            y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            y = block(torch.cat([skip, y], dim=1))
+        return self.head(y)
+
+
+class DnCNNPredictor(nn.Sequential):
+    """DnCNN body: conv+LeakyReLU, (num_layers - 2) x conv+BN+LeakyReLU, conv to 1 channel.
+
+    No global residual: in the complementary generator the noise predictor plays that role.
+    """
+
+    def __init__(self, in_channels: int = 1, out_channels: int = 1, width: int = 64, num_layers: int = 17):
+        if num_layers < 3:
+            raise ValueError("DnCNN needs at least 3 layers")
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+        for _ in range(num_layers - 2):
+            layers += [
+                nn.Conv2d(width, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
+        layers.append(nn.Conv2d(width, out_channels, 3, padding=1))
+        super().__init__(*layers)
+        self.size_multiple = 1
+
+
+class DenseBlock(nn.Module):
+    """`num_convs` 3x3 conv+ReLU layers, each seeing the concatenation of all earlier outputs."""
+
+    def __init__(self, in_channels: int, growth_rate: int, num_convs: int):
+        super().__init__()
+        self.convs = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(in_channels + i * growth_rate, growth_rate, 3, padding=1), nn.ReLU(inplace=True))
+            for i in range(num_convs)
+        )
+        self.out_channels = in_channels + num_convs * growth_rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = [x]
+        for conv in self.convs:
+            features.append(conv(torch.cat(features, dim=1)))
+        return torch.cat(features, dim=1)
+
+
+class SRDenseNetPredictor(nn.Module):
+    """Reduced SRDenseNet: dense blocks whose outputs are all concatenated (dense skips) into a
+    1x1 bottleneck, then a 3x3 reconstruction conv to 1 channel; no upsampling layers."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        num_blocks: int = 6,
+        convs_per_block: int = 4,
+        growth_rate: int = 16,
+        bottleneck_width: int = 128,
+    ):
+        super().__init__()
+        stem_width = growth_rate * convs_per_block
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, stem_width, 3, padding=1), nn.ReLU(inplace=True))
+        self.blocks = nn.ModuleList()
+        for _ in range(num_blocks):
+            block = DenseBlock(stem_width, growth_rate, convs_per_block)
+            self.blocks.append(nn.Sequential(block, nn.Conv2d(block.out_channels, stem_width, 1), nn.ReLU(inplace=True)))
+        concat_width = stem_width * (num_blocks + 1)
+        self.bottleneck = nn.Sequential(nn.Conv2d(concat_width, bottleneck_width, 1), nn.ReLU(inplace=True))
+        self.reconstruction = nn.Conv2d(bottleneck_width, out_channels, 3, padding=1)
+        self.size_multiple = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = [self.stem(x)]
+        for block in self.blocks:
+            features.append(block(features[-1]))
+        return self.reconstruction(self.bottleneck(torch.cat(features, dim=1)))
+
+
+def build_predictor(variant: str, **kwargs: Any) -> nn.Module:
+    """One predictor of the named variant; kwargs are its widths and depths."""
+    classes = {"unet": UNetPredictor, "dncnn": DnCNNPredictor, "srdensenet": SRDenseNetPredictor}
+    if variant not in classes:
+        raise ValueError(f"unknown predictor variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    return classes[variant](**kwargs)
+
+
+class RefinementNet(nn.Module):
+    """Small residual CNN after the fusion (second paper): y + r(y)."""
+
+    def __init__(self, width: int = 32, num_layers: int = 5):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(1, width, 3, padding=1), nn.ReLU(inplace=True)]
+        for _ in range(num_layers - 2):
+            layers += [nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True)]
+        layers.append(nn.Conv2d(width, 1, 3, padding=1))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return y + self.body(y)
+
+
+class ContentNoiseGenerator(nn.Module):
+    """Content predictor + noise predictor + learned 1x1 fusion of [c, x - n].
+
+    mode="both" is the complementary generator; "content" and "noise" are the single-predictor
+    ablations (the output is then c, or x - n). forward() returns (denoised, content, noise);
+    in the ablations the missing prediction is derived from the other (n = x - c, c = x - n).
+    Any H x W works: the input is reflect-padded to the predictors' size multiple and cropped back.
+    """
+
+    def __init__(
+        self,
+        variant: str = "unet",
+        predictor: dict[str, Any] | None = None,
+        mode: str = "both",
+        refine: bool = False,
+    ):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"unknown generator mode {mode!r}; choose one of {', '.join(MODES)}")
+        predictor = dict(predictor or {})
+        self.variant, self.mode = variant, mode
+        self.content_predictor = build_predictor(variant, **predictor) if mode in ("both", "content") else None
+        self.noise_predictor = build_predictor(variant, **predictor) if mode in ("both", "noise") else None
+        self.fusion = nn.Conv2d(2, 1, 1) if mode == "both" else None
+        self.refinement = RefinementNet() if refine else None
+        any_predictor = self.content_predictor or self.noise_predictor
+        self.size_multiple = any_predictor.size_multiple
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        height, width = x.shape[-2:]
+        padded = self._pad(x)
+        content = self.content_predictor(padded)[..., :height, :width] if self.content_predictor else None
+        noise = self.noise_predictor(padded)[..., :height, :width] if self.noise_predictor else None
+        if content is None:
+            content = x - noise
+            denoised = content
+        elif noise is None:
+            noise = x - content
+            denoised = content
+        else:
+            denoised = self.fusion(torch.cat([content, x - noise], dim=1))
+        if self.refinement is not None:
+            denoised = self.refinement(denoised)
+        return denoised, content, noise
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        multiple = self.size_multiple
+        height, width = x.shape[-2:]
+        pad_h, pad_w = (-height) % multiple, (-width) % multiple
+        if pad_h == 0 and pad_w == 0:
+            return x
+        # reflect padding needs pad < size; fall back to replicate for tiny images
+        mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+        return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
+def build_generator(
+    variant: str = "unet", predictor: dict[str, Any] | None = None, mode: str = "both", refine: bool = False
+) -> ContentNoiseGenerator:
+    """The generator described by a model card's `architecture` entry, initialised per METHOD.md."""
+    generator = ContentNoiseGenerator(variant=variant, predictor=predictor, mode=mode, refine=refine)
+    init_weights(generator)
+    return generator
+
+
+class PatchDiscriminator(nn.Sequential):
+    """Conditional PatchGAN: 3 input channels [content, noise, noisy input], `num_layers` stride-2
+    4x4 convs (width doubling, InstanceNorm from the second, LeakyReLU 0.2), a 4x4 conv to 1
+    channel. Outputs one real/fake score per overlapping patch."""
+
+    def __init__(self, in_channels: int = 3, width: int = 64, num_layers: int = 4):
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+        channels = width
+        for _ in range(1, num_layers):
+            out = min(channels * 2, width * 8)
+            layers += [
+                nn.Conv2d(channels, out, 4, stride=2, padding=1),
+                nn.InstanceNorm2d(out),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
+            channels = out
+        layers.append(nn.Conv2d(channels, 1, 4, padding=1))
+        super().__init__(*layers)
+
+
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """Conv weights ~ N(0, std), BatchNorm weight ~ N(1, std) and bias 0 (pix2pix / METHOD.md).
+
+    The fusion starts as the plain average of its two inputs (weights 0.5, 0.5, bias 0) rather
+    than near zero, so an untrained generator already returns a content estimate of the right scale.
+    """
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, std)
+            nn.init.zeros_(m.bias)
+    fusion = getattr(module, "fusion", None)
+    if isinstance(fusion, nn.Conv2d):
+        with torch.no_grad():
+            fusion.weight.fill_(0.5)
+            fusion.bias.zero_()
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+

@@ -1,0 +1,244 @@
+"""The model registry: model cards in `registry.json` files, and safe loading of their weights.
+
+A models folder holds `registry.json` ({"format_version": 1, "models": [card, ...]}) and the
+weights files it names. Weights are plain state dicts loaded with `torch.load(weights_only=True)`
+only after their SHA-256 matches the card. The shipped folder is `MedGANDenoiseLib/models`; a
+user's own models live in a per-user folder (MEDGAN_DENOISE_MODELS, default
+~/.MedGANDenoise/models) or any folder passed in, never inside the installed extension.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+SHIPPED_MODELS_DIR = Path(__file__).resolve().parent / "models"
+REGISTRY_FILE = "registry.json"
+FORMAT_VERSION = 1
+MODALITIES = ("CT", "MR", "PET", "XRAY", "US")
+
+
+def user_models_dir() -> Path:
+    """Per-user models folder: $MEDGAN_DENOISE_MODELS, else ~/.MedGANDenoise/models."""
+    return Path(os.environ.get("MEDGAN_DENOISE_MODELS", Path.home() / ".MedGANDenoise" / "models"))
+
+
+def normalize_modality(modality: str) -> str:
+    """'ct' -> 'CT'; raises ValueError naming the known modalities."""
+    name = str(modality).strip().upper().replace("-", "")
+    aliases = {"MRI": "MR", "PT": "PET", "CR": "XRAY", "DX": "XRAY", "DR": "XRAY", "XR": "XRAY", "ULTRASOUND": "US"}
+    name = aliases.get(name, name)
+    if name not in MODALITIES:
+        raise ValueError(f"unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}")
+    return name
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class ModelCard:
+    """What a model is, how it was made, and how well it did (one registry entry)."""
+
+    id: str
+    modality: str
+    variant: str
+    architecture: dict[str, Any]
+    normalization: dict[str, Any]
+    file: str
+    sha256: str
+    description: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    folder: Path = field(default=SHIPPED_MODELS_DIR, compare=False)
+
+    REQUIRED = ("id", "modality", "variant", "architecture", "normalization", "file", "sha256")
+
+    @classmethod
+    def from_dict(cls, entry: dict[str, Any], folder: Path) -> "ModelCard":
+        missing = [k for k in cls.REQUIRED if k not in entry]
+        if missing:
+            raise ValueError(f"model entry {entry.get('id', '?')!r} in {folder / REGISTRY_FILE} lacks {missing}")
+        known = {f for f in cls.__dataclass_fields__ if f != "folder"}
+        card = cls(**{k: v for k, v in entry.items() if k in known}, folder=Path(folder))
+        card.modality = normalize_modality(card.modality)
+        return card
+
+    def to_dict(self) -> dict[str, Any]:
+        entry = asdict(self)
+        entry.pop("folder")
+        return entry
+
+    @property
+    def path(self) -> Path:
+        return self.folder / self.file
+
+
+@dataclass
+class LoadedModel:
+    """A model card with its generator, weights loaded, in eval mode."""
+
+    card: ModelCard
+    generator: Any  # ContentNoiseGenerator; typed loosely so this module imports without torch
+
+
+class ModelRegistry:
+    """The model cards of one or more models folders; earlier folders take precedence."""
+
+    def __init__(self, cards: Iterable[ModelCard]):
+        self._cards: list[ModelCard] = []
+        for card in cards:
+            clash = next((c for c in self._cards if c.id == card.id), None)
+            if clash is not None:
+                raise ValueError(
+                    f"model id {card.id!r} is defined twice ({clash.folder} and {card.folder}); "
+                    "give your own model a different id"
+                )
+            self._cards.append(card)
+
+    @classmethod
+    def from_folders(cls, folders: Iterable[str | Path]) -> "ModelRegistry":
+        cards: list[ModelCard] = []
+        for folder in folders:
+            folder = Path(folder)
+            registry_path = folder / REGISTRY_FILE
+            if not registry_path.is_file():
+                raise ValueError(f"no {REGISTRY_FILE} in the models folder {folder}")
+            try:
+                content = json.loads(registry_path.read_text())
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{registry_path} is not valid JSON: {error}") from error
+            cards += [ModelCard.from_dict(entry, folder) for entry in content.get("models", [])]
+        return cls(cards)
+
+    @classmethod
+    def default(cls, extra_dirs: Iterable[str | Path] = ()) -> "ModelRegistry":
+        """extra_dirs (must exist), then the per-user folder (if it exists), then the shipped models."""
+        folders = [Path(d) for d in extra_dirs]
+        user_dir = user_models_dir()
+        if (user_dir / REGISTRY_FILE).is_file():
+            folders.append(user_dir)
+        if (SHIPPED_MODELS_DIR / REGISTRY_FILE).is_file():
+            folders.append(SHIPPED_MODELS_DIR)
+        return cls.from_folders(folders)
+
+    def models(self) -> list[ModelCard]:
+        return list(self._cards)
+
+    def modalities(self) -> list[str]:
+        return sorted({c.modality for c in self._cards})
+
+    def variants_for(self, modality: str) -> list[str]:
+        modality = normalize_modality(modality)
+        return sorted({c.variant for c in self._cards if c.modality == modality})
+
+    def get(self, model_id: str) -> ModelCard:
+        for card in self._cards:
+            if card.id == model_id:
+                return card
+        known = ", ".join(c.id for c in self._cards) or "none"
+        raise ValueError(f"unknown model {model_id!r}; known models: {known} (see --list-models)")
+
+    def find(self, modality: str, variant: str) -> ModelCard:
+        """The first model for this modality and predictor variant."""
+        modality = normalize_modality(modality)
+        for card in self._cards:
+            if card.modality == modality and card.variant == variant:
+                return card
+        variants = self.variants_for(modality)
+        if not variants:
+            have = ", ".join(self.modalities()) or "none"
+            raise ValueError(
+                f"no model for modality {modality}; models exist for: {have}. "
+                "Train one with medgan-train and add its folder (--models-dir)."
+            )
+        raise ValueError(f"no {variant!r} model for {modality}; available variants for {modality}: {', '.join(variants)}")
+
+
+def load_model(card: ModelCard, device: str = "cpu") -> LoadedModel:
+    """Verify the weights' SHA-256, load them without unpickling objects, build the generator."""
+    import torch
+
+    from .networks import build_generator
+
+    path = card.path
+    if not path.is_file():
+        raise ValueError(f"the weights file of model {card.id!r} is missing: {path}. Reinstall the extension or re-export the model.")
+    actual = sha256_of(path)
+    if actual != card.sha256:
+        raise ValueError(
+            f"the weights file {path} does not match the registry's SHA-256 for model {card.id!r} "
+            f"(expected {card.sha256[:12]}..., found {actual[:12]}...): the file is corrupt or was replaced. "
+            "Reinstall the extension or re-export the model."
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several kinds for a bad file
+        raise ValueError(f"cannot read the weights file {path} of model {card.id!r}: {error}") from error
+    generator = build_generator(**card.architecture)
+    try:
+        generator.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"the weights of model {card.id!r} do not fit its declared architecture {card.architecture}: {first_line}"
+        ) from error
+    generator.eval().to(device)
+    return LoadedModel(card=card, generator=generator)
+
+
+def write_model(
+    generator: Any,
+    folder: str | Path,
+    *,
+    model_id: str,
+    modality: str,
+    variant: str,
+    architecture: dict[str, Any],
+    normalization: dict[str, Any],
+    description: str = "",
+    training: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> ModelCard:
+    """Save the generator's weights as `<model_id>.pt` and add (or replace) its card in the
+    folder's registry.json. Both files are written atomically."""
+    import torch
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights_path = folder / f"{model_id}.pt"
+    state = {k: v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
+    with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as tmp:
+        torch.save(state, tmp)
+    os.replace(tmp.name, weights_path)
+    card = ModelCard(
+        id=model_id,
+        modality=normalize_modality(modality),
+        variant=variant,
+        architecture=architecture,
+        normalization=normalization,
+        file=weights_path.name,
+        sha256=sha256_of(weights_path),
+        description=description,
+        training=dict(training or {}),
+        metrics=dict(metrics or {}),
+        folder=folder,
+    )
+    registry_path = folder / REGISTRY_FILE
+    content = json.loads(registry_path.read_text()) if registry_path.is_file() else {"format_version": FORMAT_VERSION, "models": []}
+    content["models"] = [m for m in content.get("models", []) if m.get("id") != model_id] + [card.to_dict()]
+    with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as tmp:
+        json.dump(content, tmp, indent=2)
+        tmp.write("\n")
+    os.replace(tmp.name, registry_path)
+    return card

@@ -1,0 +1,74 @@
+"""Image-quality metrics as METHOD.md defines them, so every number is measured the same way.
+
+PSNR, SSIM (Gaussian window, sigma 1.5) and RMSE from scikit-image, computed per slice after
+clipping both images to a window whose width is the data range; plus the mean bias of the
+output, which PSNR alone hides. CT numbers always carry their HU window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+# The common clinical window of low-dose CT papers: [-160, 240] HU, data range 400.
+CT_WINDOW = (-160.0, 240.0)
+
+
+@dataclass(frozen=True)
+class Window:
+    low: float
+    high: float
+
+    @property
+    def data_range(self) -> float:
+        return self.high - self.low
+
+    def label(self, unit: str = "") -> str:
+        return f"[{self.low:g}, {self.high:g}]{(' ' + unit) if unit else ''}"
+
+
+def window_for(modality: str, clean: np.ndarray) -> Window:
+    """CT: the fixed clinical window. Other modalities: [0, 99.5th percentile of the clean image]."""
+    if modality.upper() == "CT":
+        return Window(*CT_WINDOW)
+    high = float(np.percentile(clean, 99.5))
+    return Window(0.0, high if high > 0 else float(clean.max()) or 1.0)
+
+
+def slice_metrics(output: np.ndarray, clean: np.ndarray, window: Window) -> dict[str, float]:
+    """PSNR (dB), SSIM, RMSE and mean bias of one 2-D slice against its clean reference."""
+    out = np.clip(output.astype(np.float64), window.low, window.high)
+    ref = np.clip(clean.astype(np.float64), window.low, window.high)
+    return {
+        "psnr": float(peak_signal_noise_ratio(ref, out, data_range=window.data_range)),
+        "ssim": float(
+            structural_similarity(
+                ref, out, data_range=window.data_range, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+            )
+        ),
+        "rmse": float(np.sqrt(np.mean((out - ref) ** 2))),
+        "bias": float(np.mean(output.astype(np.float64) - clean.astype(np.float64))),
+    }
+
+
+def summarize(per_slice: list[dict[str, float]]) -> dict[str, float]:
+    """Mean and standard deviation of each metric over slices: {"psnr": m, "psnr_std": s, ...}."""
+    summary: dict[str, float] = {}
+    for key in per_slice[0]:
+        values = np.array([m[key] for m in per_slice])
+        summary[key] = float(values.mean())
+        summary[f"{key}_std"] = float(values.std())
+    summary["slices"] = len(per_slice)
+    return summary
+
+
+def format_summary(summary: dict[str, float], window: Window | None = None, unit: str = "") -> str:
+    text = (
+        f"PSNR {summary['psnr']:.2f} +- {summary['psnr_std']:.2f} dB, SSIM {summary['ssim']:.4f} +- {summary['ssim_std']:.4f}, "
+        f"RMSE {summary['rmse']:.2f}, bias {summary['bias']:+.2f}"
+    )
+    if window is not None:
+        text += f" (window {window.label(unit)}, {int(summary['slices'])} slices)"
+    return text
