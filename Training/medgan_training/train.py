@@ -18,6 +18,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -40,6 +41,8 @@ from MedGANDenoiseLib.networks import PatchDiscriminator, build_generator, init_
 from MedGANDenoiseLib.normalization import default_normalizer
 from MedGANDenoiseLib.registry import LoadedModel, ModelCard, normalize_modality, write_model
 
+from .datasets import PatchDataset, SlicePair, evenly_spaced, foreground_threshold, load_volume, pair_folders, simulate_pairs, split_slabs
+from .degradations import make_degradation
 from .metrics import format_summary, slice_metrics, summarize, window_for
 
 
@@ -57,6 +60,7 @@ class TrainConfig:
     samples_per_epoch: int = 1600
     variants_per_slice: int = 4  # degraded versions precomputed per training slice
     val_fraction: float = 0.15
+    val_position: float = 1.0  # where the held-out slab lies: 0 = first slices, 1 = last
     val_slices: int = 8
     # model
     variant: str = "unet"
@@ -64,6 +68,7 @@ class TrainConfig:
     depth: int = 0  # U-Net pooling levels / DnCNN layers / SRDenseNet blocks; 0 = the variant's default
     mode: str = "both"  # both | content | noise (ablations)
     refine: bool = False
+    disc_width: int = 64  # PatchGAN width (32 halves the discriminator's cost on a CPU)
     # losses: adversarial + l1_denoised * L1(y, clean) + l1_noise * L1(n, x - clean)
     gan_loss: str = "lsgan"  # lsgan | bce | none
     adv_weight: float = 1.0
@@ -73,6 +78,7 @@ class TrainConfig:
     # optimisation
     lr: float = 2e-4
     lr_d: float = 2e-4
+    cosine_lr: bool = False  # anneal both learning rates to zero over the epochs
     batch_size: int = 16
     epochs: int = 20
     seed: int = 0
@@ -132,6 +138,52 @@ def setup_distributed() -> tuple[int, int, torch.device]:
 
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return module.module if isinstance(module, DistributedDataParallel) else module
+
+
+# ---------------------------------------------------------------- data
+def build_training_data(cfg: TrainConfig) -> tuple[PatchDataset, list[tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
+    """Training patches and whole validation slices (noisy, clean in original units) from
+    paired folders or from clean scans plus the simulated degradation."""
+    normalizer = default_normalizer(cfg.modality)
+    train_pairs: list[SlicePair] = []
+    val_pairs: list[tuple[np.ndarray, np.ndarray]] = []
+    info: dict[str, Any] = {"axis": cfg.axis, "val_fraction": cfg.val_fraction, "scans": []}
+    if cfg.low and cfg.high:
+        for low_path, high_path in pair_folders(cfg.low, cfg.high):
+            low, high = (np.moveaxis(load_volume(p)[0], cfg.axis, 0) for p in (low_path, high_path))
+            if low.shape != high.shape:
+                raise ValueError(f"{low_path.name}: low- and high-quality scans differ in shape ({low.shape} vs {high.shape})")
+            params, threshold = normalizer.fit(low), foreground_threshold(high, cfg.modality)
+            train_slices, val_slices = split_slabs(len(high), cfg.val_fraction, position=cfg.val_position)
+            train_pairs += [SlicePair(low[i], high[i], params, threshold) for i in train_slices]
+            val_pairs += [(low[i], high[i]) for i in val_slices]
+            info["scans"].append({"low": str(low_path), "high": str(high_path), "train_slices": len(train_slices), "val_slices": len(val_slices)})
+    else:
+        degrade = make_degradation(cfg.degradation)
+        val_spec = cfg.val_degradation or ("ct_low_dose:dose=0.25" if cfg.degradation.startswith("ct_low_dose") else cfg.degradation)
+        val_degrade = make_degradation(val_spec)
+        info["val_degradation"] = val_spec
+        for scan_index, path in enumerate(cfg.clean):
+            volume, spacing = load_volume(path)
+            volume = np.moveaxis(volume, cfg.axis, 0)
+            pixel_size = float(spacing[1] if cfg.axis == 2 else spacing[0])
+            params, threshold = normalizer.fit(volume), foreground_threshold(volume, cfg.modality)
+            train_slices, val_slices = split_slabs(len(volume), cfg.val_fraction, position=cfg.val_position)
+            clean = [volume[i] for i in train_slices]
+            noisy = simulate_pairs(clean, degrade, cfg.variants_per_slice, cfg.seed + scan_index, pixel_size,
+                                   workers=min(2, os.cpu_count() or 1))
+            train_pairs += [SlicePair(n, clean[k // cfg.variants_per_slice], params, threshold) for k, n in enumerate(noisy)]
+            for i in val_slices:
+                rng = np.random.default_rng([cfg.seed, 10_000 + scan_index, i])
+                val_pairs.append((val_degrade(volume[i], rng, pixel_size_mm=pixel_size), volume[i]))
+            info["scans"].append({"clean": str(path), "train_slices": len(train_slices),
+                                  "val_slices": f"{val_slices.start}-{val_slices.stop - 1}" if val_slices else "none"})
+    if not val_pairs:
+        raise ValueError("no validation slices: give a scan with more slices or a larger --val-fraction")
+    val_pairs = [val_pairs[i] for i in evenly_spaced(range(len(val_pairs)), cfg.val_slices)]
+    info["val_slices_used"] = len(val_pairs)
+    dataset = PatchDataset(train_pairs, normalizer, cfg.patch_size, cfg.samples_per_epoch, seed=cfg.seed)
+    return dataset, val_pairs, info
 
 
 # ---------------------------------------------------------------- losses
@@ -220,8 +272,10 @@ def save_loss_curve(log_path: Path, png_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- checkpoints, export
-def save_checkpoint(path: Path, epoch: int, generator, discriminator, opt_g, opt_d, cfg: TrainConfig, best: dict) -> None:
+def save_checkpoint(path: Path, epoch: int, generator, discriminator, opt_g, opt_d, cfg: TrainConfig, best: dict,
+                    best_generator: dict | None) -> None:
     state = {
+        "best_generator": best_generator,
         "epoch": epoch,
         "generator": unwrap(generator).state_dict(),
         "discriminator": unwrap(discriminator).state_dict(),
@@ -263,8 +317,6 @@ def export_model(generator: torch.nn.Module, cfg: TrainConfig, metrics: dict[str
 
 # ---------------------------------------------------------------- the loop
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    from .datasets import build_training_data
-
     rank, world, device = setup_distributed()
     is_main = rank == 0
     torch.manual_seed(cfg.seed)
@@ -280,12 +332,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                         generator=torch.Generator().manual_seed(cfg.seed))
 
     generator = build_generator(**cfg.architecture()).to(device)
-    discriminator = PatchDiscriminator(in_channels=3).to(device)
+    discriminator = PatchDiscriminator(in_channels=3, width=cfg.disc_width).to(device)
     init_weights(discriminator)
     opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr_d, betas=(0.5, 0.999))
 
-    start_epoch, best = 0, {}
+    start_epoch, best, best_generator = 0, {}, None
     checkpoint_path = out / "checkpoint.pt"
     if cfg.resume and checkpoint_path.is_file():
         state = torch.load(checkpoint_path, map_location=device, weights_only=True)
@@ -294,6 +346,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
         start_epoch, best = state["epoch"] + 1, json.loads(state["metrics"])
+        best_generator = state.get("best_generator")
         if is_main:
             print(f"resumed from {checkpoint_path} after epoch {state['epoch']}")
     if world > 1:
@@ -318,6 +371,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             sampler.set_epoch(epoch)
         if hasattr(train_set, "set_epoch"):
             train_set.set_epoch(epoch)
+        if cfg.cosine_lr:  # closed form, so a resumed run needs no scheduler state
+            factor = 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+            for optimizer, base in ((opt_g, cfg.lr), (opt_d, cfg.lr_d)):
+                for group in optimizer.param_groups:
+                    group["lr"] = base * factor
         adversarial = cfg.gan_loss != "none" and epoch >= cfg.warmup_epochs
         totals = {"loss_g": 0.0, "loss_l1": 0.0, "loss_adv": 0.0, "loss_d": 0.0}
         steps = 0
@@ -359,8 +417,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             shown = len(val_pairs) // 2
             save_panel(out / f"panel_epoch{epoch + 1:03d}.png", val_pairs[shown][0], outputs[shown][0], outputs[shown][1],
                        val_pairs[shown][1], cfg, f"epoch {epoch + 1}: {format_summary(metrics, window, unit)}")
-            best = {"validation": metrics, "noisy_input": baseline, "window": window.label(unit), "epoch": epoch + 1}
-            save_checkpoint(checkpoint_path, epoch, generator, discriminator, opt_g, opt_d, cfg, best)
+            if not best or metrics["psnr"] > best["validation"]["psnr"]:
+                best = {"validation": metrics, "noisy_input": baseline, "window": window.label(unit), "epoch": epoch + 1,
+                        "val_slices": len(val_pairs), "val_degradation": data_info.get("val_degradation", "paired data")}
+                best_generator = {k: v.detach().clone() for k, v in unwrap(generator).state_dict().items()}
+            save_checkpoint(checkpoint_path, epoch, generator, discriminator, opt_g, opt_d, cfg, best, best_generator)
             print(f"epoch {epoch + 1}: {format_summary(metrics, window, unit)} | input PSNR {baseline['psnr']:.2f} "
                   f"| {row['seconds']} s", flush=True)
         if world > 1:
@@ -368,7 +429,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     result: dict[str, Any] = {"metrics": best}
     if is_main and cfg.export:
-        card = export_model(generator, cfg, best, data_info)
+        final = unwrap(generator)
+        if best_generator is not None:  # export the epoch with the best validation PSNR
+            final.load_state_dict(best_generator)
+        card = export_model(final, cfg, best, data_info)
         result["model"] = card.id
         print(f"exported model {card.id} to {Path(cfg.export) / card.file}")
     if world > 1:
