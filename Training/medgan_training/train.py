@@ -136,6 +136,13 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
+def parameter_checksum(module: torch.nn.Module) -> float:
+    """A fingerprint of the trainable parameters, to check that distributed replicas stayed
+    identical (BatchNorm running statistics are rank 0's: DDP broadcasts them every step)."""
+    with torch.no_grad():
+        return float(sum((p.double() * (i + 1)).sum() for i, p in enumerate(module.parameters())))
+
+
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return module.module if isinstance(module, DistributedDataParallel) else module
 
@@ -326,10 +333,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
 
     train_set, val_pairs, data_info = build_training_data(cfg)
-    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed) if world > 1 else None
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                        num_workers=cfg.num_workers, drop_last=True,
-                        generator=torch.Generator().manual_seed(cfg.seed))
+    # one process too: its per-epoch shuffle makes a resumed run identical to an uninterrupted one
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers, drop_last=True)
 
     generator = build_generator(**cfg.architecture()).to(device)
     discriminator = PatchDiscriminator(in_channels=3, width=cfg.disc_width).to(device)
@@ -367,10 +373,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        if hasattr(train_set, "set_epoch"):
-            train_set.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
         if cfg.cosine_lr:  # closed form, so a resumed run needs no scheduler state
             factor = 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
             for optimizer, base in ((opt_g, cfg.lr), (opt_d, cfg.lr_d)):
@@ -427,7 +431,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if world > 1:
             dist.barrier()
 
-    result: dict[str, Any] = {"metrics": best}
+    result: dict[str, Any] = {"metrics": best, "checksum": parameter_checksum(unwrap(generator))}
+    if world > 1:
+        print(f"rank {rank}: generator parameter checksum {result['checksum']:.12e}", flush=True)
     if is_main and cfg.export:
         final = unwrap(generator)
         if best_generator is not None:  # export the epoch with the best validation PSNR
