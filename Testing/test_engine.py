@@ -1,0 +1,157 @@
+"""The denoising engine and the intensity normalisation (with an untrained tiny model: plumbing only)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from MedGANDenoiseLib.engine import (
+    DenoiseCancelled,
+    available_devices,
+    denoise_volume,
+    estimate_noise_sigma,
+    resolve_device,
+    validate_volume,
+)
+from MedGANDenoiseLib.normalization import Normalizer
+
+
+def ct_volume(shape=(6, 20, 28), dtype=np.int16, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.normal(30, 25, shape)).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float32, np.uint8])
+def test_denoised_plus_noise_is_the_input(tiny_model, dtype):
+    volume = ct_volume(dtype=dtype) if dtype != np.uint8 else np.random.default_rng(1).integers(0, 255, (4, 16, 16), dtype=np.uint8)
+    result = denoise_volume(volume, tiny_model, "CT", batch_size=4, device="cpu")
+    assert result.denoised.dtype == np.float32 and result.noise.dtype == np.float32
+    assert result.denoised.shape == volume.shape
+    np.testing.assert_allclose(result.denoised + result.noise, volume.astype(np.float32), atol=1e-3)
+    assert np.abs(result.noise).max() > 0
+
+
+def test_a_2d_image_is_one_slice(tiny_model):
+    image = ct_volume((23, 31))
+    result = denoise_volume(image, tiny_model, "CT", device="cpu")
+    assert result.denoised.shape == image.shape
+    np.testing.assert_allclose(result.denoised + result.noise, image, atol=1e-3)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_slices_along_any_axis_are_denoised_independently(tiny_model, axis):
+    volume = ct_volume((5, 12, 14))
+    result = denoise_volume(volume, tiny_model, "CT", axis=axis, batch_size=3, device="cpu")
+    assert result.denoised.shape == volume.shape
+    index = 2
+    alone = denoise_volume(np.take(volume, index, axis=axis), tiny_model, "CT", device="cpu")
+    np.testing.assert_allclose(np.take(result.denoised, index, axis=axis), alone.denoised, atol=1e-3)
+
+
+def test_strength_scales_the_removed_noise(tiny_model):
+    volume = ct_volume()
+    full = denoise_volume(volume, tiny_model, "CT", device="cpu")
+    half = denoise_volume(volume, tiny_model, "CT", device="cpu", strength=0.5)
+    none = denoise_volume(volume, tiny_model, "CT", device="cpu", strength=0.0)
+    np.testing.assert_allclose(half.noise, 0.5 * full.noise, atol=1e-3)
+    np.testing.assert_array_equal(none.denoised, volume.astype(np.float32))
+    assert not none.noise.any()
+
+
+def test_progress_is_reported_per_batch_up_to_the_total(tiny_model):
+    calls = []
+    denoise_volume(ct_volume((7, 12, 12)), tiny_model, "CT", batch_size=3, device="cpu", progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(3, 7), (6, 7), (7, 7)]
+
+
+def test_cancel_between_batches_raises_and_returns_nothing(tiny_model):
+    batches = []
+    with pytest.raises(DenoiseCancelled, match="after 2 of 6"):
+        denoise_volume(ct_volume(), tiny_model, "CT", batch_size=2, device="cpu",
+                       progress=lambda d, t: batches.append(d), should_cancel=lambda: len(batches) >= 1)
+
+
+def test_the_input_is_never_modified(tiny_model):
+    volume = ct_volume()
+    copy = volume.copy()
+    volume.flags.writeable = False
+    denoise_volume(volume, tiny_model, "CT", device="cpu", strength=0.7)
+    np.testing.assert_array_equal(volume, copy)
+
+
+@pytest.mark.parametrize(
+    "volume, message",
+    [
+        (np.zeros((2, 3, 8, 8), np.int16), "4 dimensions"),
+        (np.zeros((0, 8, 8), np.int16), "empty"),
+        (np.array([[1.0, np.nan], [2.0, 3.0]], np.float32), "NaN or infinite"),
+        (np.array([[1.0, np.inf], [2.0, 3.0]], np.float32), "NaN or infinite"),
+        (np.full((3, 8, 8), 7, np.int16), "constant"),
+        (np.ones((4, 4), np.complex64), "scalar intensity"),
+        (np.zeros(8, np.int16), "1 dimensions"),
+    ],
+)
+def test_bad_volumes_are_refused_with_a_message(volume, message):
+    with pytest.raises(ValueError, match=message):
+        validate_volume(volume)
+
+
+def test_bad_arguments_are_refused(tiny_model):
+    volume = ct_volume()
+    with pytest.raises(ValueError, match="trained for CT, but the image is MR"):
+        denoise_volume(volume, tiny_model, "MR")
+    with pytest.raises(ValueError, match="strength"):
+        denoise_volume(volume, tiny_model, "CT", strength=1.5)
+    with pytest.raises(ValueError, match="batch size"):
+        denoise_volume(volume, tiny_model, "CT", batch_size=0)
+    with pytest.raises(ValueError, match="axis"):
+        denoise_volume(volume, tiny_model, "CT", axis=3)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_asking_for_cuda_without_a_gpu_says_what_to_do():
+    with pytest.raises(ValueError, match="PyTorch sees no CUDA GPU"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type in ("cpu", "mps")
+
+
+def test_available_devices_start_with_auto_and_cpu():
+    assert available_devices()[:2] == [("auto", "Auto"), ("cpu", "CPU")]
+
+
+def test_noise_sigma_estimate_tracks_noise_and_ignores_edges():
+    rng = np.random.default_rng(0)
+    flat = rng.normal(0, 10, (4, 128, 128))
+    assert estimate_noise_sigma(flat) == pytest.approx(10, rel=0.1)
+    edge = flat.copy()
+    edge[:, :, 64:] += 1000
+    assert estimate_noise_sigma(edge) == pytest.approx(10, rel=0.1)
+
+
+# ------------------------------------------------------------ normalisation
+def test_fixed_map_has_an_exact_inverse():
+    ct = Normalizer.from_dict({"kind": "fixed", "offset": -1024.0, "scale": 4096.0})
+    x = np.array([-3024, -1024, 0, 3071], dtype=np.int16)
+    params = ct.fit(x)
+    np.testing.assert_allclose(ct.forward(x, params), [-2000 / 4096, 0, 1024 / 4096, 4095 / 4096], rtol=1e-6)
+    np.testing.assert_allclose(ct.inverse(ct.forward(x, params), params), x, atol=1e-3)
+    t = torch.tensor([0.25])
+    assert ct.inverse(ct.forward(t, params), params).item() == pytest.approx(0.25)
+
+
+def test_percentile_map_ignores_outliers_and_refuses_constant_volumes():
+    mr = Normalizer(kind="percentile")
+    volume = np.random.default_rng(0).uniform(0, 100, (10, 50, 50)).astype(np.float32)
+    volume[0, 0, :5] = 1e6
+    params = mr.fit(volume)
+    assert params.offset == pytest.approx(0.5, abs=0.5) and params.scale == pytest.approx(99, abs=1)
+    with pytest.raises(ValueError, match="constant"):
+        mr.fit(np.full((3, 3), 5.0))
+
+
+def test_normalizer_rejects_unknown_fields_and_kinds():
+    with pytest.raises(ValueError, match="unknown normalisation fields"):
+        Normalizer.from_dict({"kind": "fixed", "window": 400})
+    with pytest.raises(ValueError, match="unknown normalisation kind"):
+        Normalizer(kind="zscore")

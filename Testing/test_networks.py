@@ -1,0 +1,117 @@
+"""The networks: shapes for any size, gradients, parameter counts, determinism, initialisation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from MedGANDenoiseLib.networks import (
+    VARIANTS,
+    PatchDiscriminator,
+    build_generator,
+    build_predictor,
+    count_parameters,
+)
+
+SMALL = {"unet": {"base_width": 4}, "dncnn": {"width": 8, "num_layers": 5}, "srdensenet": {"growth_rate": 4, "num_blocks": 2}}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("mode", ["both", "content", "noise"])
+@pytest.mark.parametrize("size", [(37, 53), (1, 1), (16, 16)])
+def test_any_size_gives_three_outputs_of_the_input_shape(variant, mode, size):
+    generator = build_generator(variant, SMALL[variant], mode=mode).eval()
+    x = torch.randn(1, 1, *size)
+    denoised, content, noise = generator(x)
+    for output in (denoised, content, noise):
+        assert output.shape == x.shape
+
+
+def test_refinement_stage_changes_the_output_and_keeps_the_shape():
+    torch.manual_seed(0)
+    plain = build_generator("dncnn", SMALL["dncnn"]).eval()
+    torch.manual_seed(0)
+    refined = build_generator("dncnn", SMALL["dncnn"], refine=True).eval()
+    x = torch.randn(2, 1, 21, 18)
+    assert refined(x)[0].shape == x.shape
+    assert not torch.allclose(refined(x)[0], plain(x)[0])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_gradients_reach_both_predictors_and_the_fusion(variant):
+    generator = build_generator(variant, SMALL[variant])
+    x, clean = torch.randn(2, 1, 24, 24), torch.randn(2, 1, 24, 24)
+    denoised, content, noise = generator(x)
+    (F.l1_loss(denoised, clean) + F.l1_loss(noise, x - clean)).backward()
+    for part in (generator.content_predictor, generator.noise_predictor, generator.fusion):
+        norm = sum(p.grad.abs().sum() for p in part.parameters())
+        assert norm > 0
+
+
+def test_fusion_joins_content_and_second_estimate():
+    generator = build_generator("dncnn", SMALL["dncnn"]).eval()
+    x = torch.randn(1, 1, 12, 12)
+    denoised, content, noise = generator(x)
+    expected = 0.5 * content + 0.5 * (x - noise)  # the fusion starts as the average (init_weights)
+    torch.testing.assert_close(denoised, expected)
+
+
+def conv_params(c_in, c_out, k, bias=True):
+    return c_in * c_out * k * k + (c_out if bias else 0)
+
+
+def double_conv(c_in, c_out):
+    return conv_params(c_in, c_out, 3, False) + 2 * c_out + conv_params(c_out, c_out, 3, False) + 2 * c_out
+
+
+def test_parameter_counts_at_reference_widths():
+    # U-Net, width 64, 4 levels, bilinear upsampling (the bottleneck keeps 512 channels):
+    # 64-128-256-512-512 down, 1024->256, 512->128, 256->64, 128->64 up, 1x1 head. About 13.4 M.
+    w = 64
+    unet = (double_conv(1, w) + double_conv(w, 2 * w) + double_conv(2 * w, 4 * w) + double_conv(4 * w, 8 * w)
+            + double_conv(8 * w, 8 * w) + double_conv(16 * w, 4 * w) + double_conv(8 * w, 2 * w) + double_conv(4 * w, w)
+            + double_conv(2 * w, w) + conv_params(w, 1, 1))
+    assert count_parameters(build_predictor("unet", base_width=64)) == unet
+    assert 13.0e6 < unet < 13.8e6
+    # DnCNN, 17 layers of width 64: about 0.56 M
+    dncnn = conv_params(1, 64, 3) + 15 * (conv_params(64, 64, 3, False) + 128) + conv_params(64, 1, 3)
+    assert count_parameters(build_predictor("dncnn")) == dncnn
+    # reduced SRDenseNet: 6 blocks x 4 convs, growth 16, 1x1 block transitions, 1x1 bottleneck to 128
+    g, c = 16, 64
+    block = sum(conv_params(c + i * g, g, 3) for i in range(4)) + conv_params(c + 4 * g, c, 1)
+    srdense = conv_params(1, c, 3) + 6 * block + conv_params(7 * c, 128, 1) + conv_params(128, 1, 3)
+    assert count_parameters(build_predictor("srdensenet")) == srdense
+
+
+def test_eval_mode_is_deterministic_and_train_mode_updates_batchnorm():
+    generator = build_generator("unet", SMALL["unet"])
+    x = torch.randn(2, 1, 32, 32)
+    generator.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(generator(x)[0], generator(x)[0], rtol=0, atol=0)
+    before = generator.content_predictor.stem[1].running_mean.clone()
+    generator.train()
+    generator(x)
+    assert not torch.equal(before, generator.content_predictor.stem[1].running_mean)
+
+
+def test_initialisation_follows_the_method():
+    generator = build_generator("unet", {"base_width": 32})
+    conv = generator.content_predictor.down[2][1][0].weight
+    assert abs(conv.std().item() - 0.02) < 0.002
+    bn = generator.content_predictor.down[2][1][1]
+    assert abs(bn.weight.mean().item() - 1.0) < 0.01 and bn.bias.abs().max().item() == 0
+    assert torch.equal(generator.fusion.weight, torch.full_like(generator.fusion.weight, 0.5))
+
+
+def test_patch_discriminator_scores_a_grid_of_patches():
+    scores = PatchDiscriminator(width=8)(torch.randn(2, 3, 64, 64))
+    assert scores.shape[:2] == (2, 1) and scores.shape[2] > 1 and scores.shape[3] > 1
+
+
+def test_unknown_variant_or_mode_names_the_valid_ones():
+    with pytest.raises(ValueError, match="unet, dncnn, srdensenet"):
+        build_generator("resnet")
+    with pytest.raises(ValueError, match="both, content, noise"):
+        build_generator("unet", SMALL["unet"], mode="fused")
