@@ -138,6 +138,8 @@ class PatchDataset(Dataset):
         self.pairs, self.normalizer, self.patch_size = pairs, normalizer, patch_size
         self.samples_per_epoch, self.seed, self.epoch = samples_per_epoch, seed, 0
         self.min_foreground_fraction, self.augment = min_foreground_fraction, augment
+        # candidate patch centres: (a subsample of) the body pixels of each slice
+        self._body = [np.flatnonzero(p.clean > p.foreground)[::4].astype(np.int32) for p in pairs]
         smallest = min(min(p.clean.shape) for p in pairs)
         if patch_size is not None and patch_size > smallest:
             raise ValueError(f"patch size {patch_size} is larger than the smallest slice ({smallest} pixels)")
@@ -150,8 +152,9 @@ class PatchDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        pair = self.pairs[int(rng.integers(len(self.pairs)))]
-        noisy, clean = self._crop(pair, rng)
+        which = int(rng.integers(len(self.pairs)))
+        pair = self.pairs[which]
+        noisy, clean = self._crop(pair, self._body[which], rng)
         if self.augment:
             k = int(rng.integers(4))
             flip = bool(rng.integers(2))
@@ -161,13 +164,18 @@ class PatchDataset(Dataset):
         to_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(self.normalizer.forward(a, pair.params)))[None]
         return to_tensor(noisy), to_tensor(clean)
 
-    def _crop(self, pair: SlicePair, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def _crop(self, pair: SlicePair, body: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         if self.patch_size is None:
             return pair.noisy, pair.clean
         p = self.patch_size
         height, width = pair.clean.shape
-        for _ in range(10):  # prefer patches that are mostly body, not air
-            top, left = int(rng.integers(height - p + 1)), int(rng.integers(width - p + 1))
+        for _ in range(10):  # patches centred on the body, kept when mostly body rather than air
+            if body.size:
+                row, column = divmod(int(body[rng.integers(body.size)]), width)
+                top = min(max(row - p // 2, 0), height - p)
+                left = min(max(column - p // 2, 0), width - p)
+            else:
+                top, left = int(rng.integers(height - p + 1)), int(rng.integers(width - p + 1))
             clean = pair.clean[top : top + p, left : left + p]
             if np.mean(clean > pair.foreground) >= self.min_foreground_fraction:
                 break

@@ -1,0 +1,108 @@
+"""The degradation simulators, checked against the statistics physics predicts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medgan_training.degradations import (
+    add_gaussian_noise,
+    add_rician_noise,
+    add_salt_and_pepper,
+    add_speckle_noise,
+    make_degradation,
+    parse_spec,
+    simulate_low_dose_ct,
+    thin_pet_counts,
+    undersample_kspace,
+)
+
+
+def water_disc(size: int = 96) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size] - size / 2
+    image = np.full((size, size), -1000.0, dtype=np.float32)
+    image[np.hypot(yy, xx) < size * 0.4] = 0.0
+    return image
+
+
+def test_low_dose_ct_noise_grows_as_one_over_root_dose_and_keeps_the_mean():
+    phantom = water_disc()
+    roi = np.s_[38:58, 38:58]
+    stds, means = {}, {}
+    for dose in (0.1, 0.4):
+        noisy = [simulate_low_dose_ct(phantom, dose, pixel_size_mm=2.0, rng=np.random.default_rng(s)) for s in range(4)]
+        stds[dose] = np.mean([n[roi].std() for n in noisy])
+        means[dose] = np.mean([n[roi].mean() for n in noisy])
+    assert 1.6 < stds[0.1] / stds[0.4] < 2.5  # sqrt(0.4 / 0.1) = 2
+    assert abs(means[0.1]) < 5 and abs(means[0.4]) < 5
+    assert stds[0.4] > 3, "a quarter of the counts must add visible noise"
+
+
+def test_low_dose_ct_is_reproducible_with_a_seed():
+    phantom = water_disc(48)
+    a = simulate_low_dose_ct(phantom, 0.25, rng=np.random.default_rng(3))
+    b = simulate_low_dose_ct(phantom, 0.25, rng=np.random.default_rng(3))
+    c = simulate_low_dose_ct(phantom, 0.25, rng=np.random.default_rng(4))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    assert a.shape == phantom.shape and a.dtype == np.float32
+    with pytest.raises(ValueError, match="dose fraction"):
+        simulate_low_dose_ct(phantom, 0.0, rng=np.random.default_rng(0))
+
+
+def test_pet_count_thinning_keeps_the_mean_with_poisson_variance():
+    activity = np.full((200, 200), 2.0)
+    thinned = thin_pet_counts(activity, 0.1, counts_per_unit=50, rng=np.random.default_rng(0))
+    assert thinned.mean() == pytest.approx(2.0, rel=0.01)
+    expected_variance = 2.0 / (50 * 0.1)  # Poisson(lambda) / scale^2 with lambda = 2 * 5
+    assert thinned.var() == pytest.approx(expected_variance, rel=0.1)
+
+
+def test_kspace_mask_keeps_one_line_in_acceleration_with_the_centre():
+    image = np.random.default_rng(0).random((64, 48)).astype(np.float32)
+    recon, mask = undersample_kspace(image, acceleration=4, centre_fraction=0.08, rng=np.random.default_rng(1))
+    assert mask.sum() == 16 and mask.shape == (64,)
+    assert mask[30:35].all()  # 5 centre lines around row 32
+    assert recon.shape == image.shape
+    full, full_mask = undersample_kspace(image, acceleration=1, rng=np.random.default_rng(1))
+    assert full_mask.all()
+    np.testing.assert_allclose(full, image, atol=1e-5)
+
+
+def test_rician_noise_on_zero_has_the_rayleigh_mean():
+    noisy = add_rician_noise(np.zeros((300, 300)), 2.0, rng=np.random.default_rng(0))
+    assert noisy.mean() == pytest.approx(2.0 * np.sqrt(np.pi / 2), rel=0.03)
+
+
+def test_generic_noises_have_their_statistics():
+    rng = np.random.default_rng(0)
+    flat = np.full((200, 200), 100.0, dtype=np.float32)
+    assert add_gaussian_noise(flat, 5.0, rng=rng).std() == pytest.approx(5.0, rel=0.05)
+    bright, dark = add_speckle_noise(flat, 0.1, rng=rng), add_speckle_noise(flat / 10, 0.1, rng=rng)
+    assert bright.std() == pytest.approx(10 * dark.std(), rel=0.1)  # multiplicative
+    ramp = np.tile(np.linspace(0, 1, 200, dtype=np.float32), (200, 1))
+    salted = add_salt_and_pepper(ramp, 0.05, rng=rng)
+    assert np.mean(salted != ramp) == pytest.approx(0.05, abs=0.01)
+
+
+def test_specs_draw_within_their_ranges_and_reject_unknown_names():
+    kind, params = parse_spec("gaussian:sigma=0.01-0.05")
+    assert kind == "gaussian" and params["sigma"] == (0.01, 0.05)
+    assert parse_spec("ct_low_dose:dose=0.25")[1]["dose"] == 0.25
+    degrade = make_degradation("gaussian:sigma=0.01-0.05")
+    flat = np.full((100, 100), 1000.0, dtype=np.float32)
+    stds = [(degrade(flat, np.random.default_rng(s)) - flat).std() / 1000 for s in range(20)]
+    assert 0.009 < min(stds) and max(stds) < 0.052 and max(stds) - min(stds) > 0.01
+    with pytest.raises(ValueError, match="valid kinds: ct_low_dose"):
+        make_degradation("blur:radius=2")
+    with pytest.raises(ValueError, match="has no parameter 'dose'"):
+        make_degradation("gaussian:dose=0.1")
+
+
+@pytest.mark.parametrize("spec", ["pet_counts:fraction=0.1", "mr_undersample:acceleration=4", "rician:sigma=0.03", "mixed",
+                                  "poisson:peak=50", "speckle:sigma=0.1", "salt_pepper:amount=0.01"])
+def test_every_kind_degrades_a_slice_and_keeps_its_shape(spec):
+    image = np.random.default_rng(0).uniform(10, 200, (40, 36)).astype(np.float32)
+    out = make_degradation(spec)(image, np.random.default_rng(1))
+    assert out.shape == image.shape and out.dtype == np.float32
+    assert not np.allclose(out, image)
