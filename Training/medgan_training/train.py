@@ -69,15 +69,17 @@ class TrainConfig:
     mode: str = "both"  # both | content | noise (ablations)
     refine: bool = False
     disc_width: int = 64  # PatchGAN width (32 halves the discriminator's cost on a CPU)
-    # losses: adversarial + l1_denoised * L1(y, clean) + l1_noise * L1(n, x - clean)
+    # losses: adversarial + l1_denoised * L1(y, clean) + l1_noise * L1(n, x - clean) [+ l1_content * L1(c, clean)]
     gan_loss: str = "lsgan"  # lsgan | bce | none
     adv_weight: float = 1.0
     l1_denoised: float = 100.0
     l1_noise: float = 100.0
+    l1_content: float = 0.0  # optional direct L1(c, clean) on the content predictor
     warmup_epochs: int = 0  # L1 only before the adversarial term is switched on
     # optimisation
     lr: float = 2e-4
     lr_d: float = 2e-4
+    fusion_lr_scale: float = 10.0  # Adam moves each weight by about lr a step: the 2-weight fusion needs more
     cosine_lr: bool = False  # anneal both learning rates to zero over the epochs
     batch_size: int = 16
     epochs: int = 20
@@ -340,7 +342,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     generator = build_generator(**cfg.architecture()).to(device)
     discriminator = PatchDiscriminator(in_channels=3, width=cfg.disc_width).to(device)
     init_weights(discriminator)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
+    fusion = list(generator.fusion.parameters()) if generator.fusion is not None else []
+    others = [p for p in generator.parameters() if all(p is not f for f in fusion)]
+    groups = [{"params": others, "lr_scale": 1.0}] + ([{"params": fusion, "lr_scale": cfg.fusion_lr_scale}] if fusion else [])
+    opt_g = torch.optim.Adam([{**g, "lr": cfg.lr * g["lr_scale"]} for g in groups], lr=cfg.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr_d, betas=(0.5, 0.999))
 
     start_epoch, best, best_generator = 0, {}, None
@@ -379,7 +384,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             factor = 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
             for optimizer, base in ((opt_g, cfg.lr), (opt_d, cfg.lr_d)):
                 for group in optimizer.param_groups:
-                    group["lr"] = base * factor
+                    group["lr"] = base * group.get("lr_scale", 1.0) * factor
         adversarial = cfg.gan_loss != "none" and epoch >= cfg.warmup_epochs
         totals = {"loss_g": 0.0, "loss_l1": 0.0, "loss_adv": 0.0, "loss_d": 0.0}
         steps = 0
@@ -388,6 +393,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             denoised, content, noise = generator(noisy)
             true_noise = noisy - clean
             loss_l1 = cfg.l1_denoised * F.l1_loss(denoised, clean) + cfg.l1_noise * F.l1_loss(noise, true_noise)
+            if cfg.l1_content:
+                loss_l1 = loss_l1 + cfg.l1_content * F.l1_loss(content, clean)
             loss_adv = torch.zeros((), device=device)
             if adversarial:
                 fake = torch.cat([denoised, noise, noisy], dim=1)
