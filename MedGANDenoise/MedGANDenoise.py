@@ -63,7 +63,7 @@ class MedGANDenoiseParameterNode:
     variant: str = "unet"
     device: str = "auto"
     strength: Annotated[float, WithinRange(0.0, 1.0)] = 1.0
-    batchSize: Annotated[int, WithinRange(1, 256)] = 8
+    batchSize: Annotated[int, WithinRange(0, 256)] = 0  # 0: automatic (8 on a GPU, 1 on the CPU)
     sliceAxis: str = "K (slices)"
     modelsFolder: Path = Path()
     denoisedVolume: Optional[vtkMRMLScalarVolumeNode] = None
@@ -199,7 +199,7 @@ class MedGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             def work() -> None:
                 try:
                     state["result"] = sceneTools.run_engine(
-                        p.inputVolume, model, modality, axis=SLICE_AXES.get(p.sliceAxis, 0), batch_size=p.batchSize,
+                        p.inputVolume, model, modality, axis=SLICE_AXES.get(p.sliceAxis, 0), batch_size=p.batchSize or None,
                         device=p.device, strength=p.strength, should_cancel=cancel.is_set,
                         progress=lambda done, total: state.update(done=done, total=total))
                 except Exception as error:  # reported in the main thread
@@ -294,7 +294,7 @@ class MedGANDenoiseLogic(ScriptedLoadableModuleLogic):
 
     def process(self, inputVolume, modality: str = "auto", variant: str = "unet", device: str = "auto", strength: float = 1.0,
                 denoisedVolume=None, noiseVolume=None, progressCallback: Optional[Callable[[int, int], None]] = None,
-                cancelEvent: Optional[threading.Event] = None, batchSize: int = 8, sliceAxis: int = 0,
+                cancelEvent: Optional[threading.Event] = None, batchSize: Optional[int] = None, sliceAxis: int = 0,
                 modelsFolder: Optional[str] = None, skipNoise: bool = False):
         """Denoise inputVolume (blocking) and return (denoisedVolume, noiseVolume).
 

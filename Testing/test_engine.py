@@ -155,3 +155,9 @@ def test_normalizer_rejects_unknown_fields_and_kinds():
         Normalizer.from_dict({"kind": "fixed", "window": 400})
     with pytest.raises(ValueError, match="unknown normalisation kind"):
         Normalizer(kind="zscore")
+
+
+def test_automatic_batch_size_is_one_slice_on_the_cpu(tiny_model):
+    calls = []
+    result = denoise_volume(ct_volume((4, 12, 12)), tiny_model, "CT", device="cpu", progress=lambda d, t: calls.append(d))
+    assert result.batch_size == 1 and calls == [1, 2, 3, 4]

@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--model", help="a registered model id (default: an untrained U-Net of --width)")
     parser.add_argument("--width", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the engine's choice (1 on the CPU)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 

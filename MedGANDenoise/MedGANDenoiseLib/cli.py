@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="a model id from --list-models (default: the first for modality and variant)")
     parser.add_argument("--models-dir", action="append", default=[], type=Path, help="a folder of your own models (repeatable)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--batch-size", type=int, default=8, help="slices per batch (default: 8)")
+    parser.add_argument("--batch-size", type=int, default=None, help="slices per batch (default: 8 on a GPU, 1 on the CPU)")
     parser.add_argument("--axis", default="k", choices=sorted(AXES), help="image axis the slices are taken across (default k: the slice direction)")
     parser.add_argument("--strength", type=float, default=1.0, help="fraction of the estimated noise to remove, 0..1 (default: 1)")
     series = parser.add_mutually_exclusive_group()
@@ -176,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("INPUT and -o OUTPUT are required (or --list-models)")
         if not 0.0 <= args.strength <= 1.0:
             raise CommandError(f"--strength must be between 0 and 1, got {args.strength}")
-        if args.batch_size < 1:
+        if args.batch_size is not None and args.batch_size < 1:
             raise CommandError(f"--batch-size must be at least 1, got {args.batch_size}")
         model = select_model(args, registry)
         args.modality = model.card.modality

@@ -131,7 +131,7 @@ def denoise_volume(
     modality: str | None = None,
     *,
     axis: int | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     device: str = "auto",
     strength: float = 1.0,
     progress: ProgressCallback | None = None,
@@ -141,6 +141,8 @@ def denoise_volume(
     of a numpy (k, j, i) volume). Returns float32 `denoised` and `noise` in the input's units with
     denoised + noise == input; `strength` in [0, 1] scales the removed noise.
 
+    batch_size=None picks 8 slices on a GPU and 1 on the CPU, where larger batches are no faster
+    and cost activation memory (measured: benchmarks/benchmark_engine.py).
     progress(done, total) is called after each batch; should_cancel() is checked before each
     batch and makes the run raise DenoiseCancelled. On CUDA out-of-memory the batch is halved and
     retried, then the run falls back to the CPU with a warning.
@@ -156,7 +158,7 @@ def denoise_volume(
         )
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be between 0 and 1, got {strength}")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     slices_axis = 0 if axis is None else axis
     if volume.ndim == 2:
@@ -176,6 +178,8 @@ def denoise_volume(
     noise_stack = noise[np.newaxis] if volume.ndim == 2 else np.moveaxis(noise, slices_axis, 0)
 
     torch_device = resolve_device(device)
+    if batch_size is None:
+        batch_size = 1 if torch_device.type == "cpu" else 8
     _set_cpu_threads(torch)
     generator = model.generator.eval().to(torch_device)
     notes: list[str] = []

@@ -96,7 +96,7 @@ def run(data: Path, out: Path, dose: float, variant: str, device: str, seed: int
         comparison_figure(out / "real_quarter_dose_side_by_side.png",
                           {"real quarter dose": quarter, f"denoised ({card.id})": real.denoised}, full, window, 0,
                           {"real quarter dose": real_before, f"denoised ({card.id})": real_after})
-        print(f"real quarter-dose slice (AAPM-Mayo, abdomen): {real_before['psnr']:.2f} dB / SSIM {real_before['ssim']:.4f} -> "
+        print(f"real quarter-dose body CT slice (AAPM-Mayo): {real_before['psnr']:.2f} dB / SSIM {real_before['ssim']:.4f} -> "
               f"{real_after['psnr']:.2f} dB / SSIM {real_after['ssim']:.4f} (window [-160, 240] HU)")
     print(f"wrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}")
     return 0
