@@ -159,9 +159,8 @@ class MedGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             devices = available_devices()
         except ImportError:
             pass
-        for deviceId, label in devices:
-            self.ui.deviceComboBox.addItem(deviceId)
-            self.ui.deviceComboBox.setItemData(self.ui.deviceComboBox.count - 1, label, qt.Qt.ToolTipRole)
+        for deviceId, label in devices:  # GPUs by name: "cuda:0 (NVIDIA H100)"; the first word is the device
+            self.ui.deviceComboBox.addItem(deviceId if deviceId in ("auto", "cpu") else f"{deviceId} ({label})")
 
     def updateVariants(self) -> None:
         """Offer only the predictor variants that have weights for the chosen modality."""
@@ -195,13 +194,17 @@ class MedGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             model = self.logic.loadModel(modality, p.variant, self._modelsFolder())
             cancel = threading.Event()
             state = {"done": 0, "total": 1, "result": None, "error": None}
+            # everything MRML is read here, in the main thread; the worker sees only numpy and torch
+            volume = sceneTools.volume_array(p.inputVolume)
+            options = dict(axis=SLICE_AXES.get(p.sliceAxis, 0), batch_size=p.batchSize or None, device=p.device.split()[0],
+                           strength=p.strength, should_cancel=cancel.is_set,
+                           progress=lambda done, total: state.update(done=done, total=total))
 
             def work() -> None:
+                from MedGANDenoiseLib.engine import denoise_volume
+
                 try:
-                    state["result"] = sceneTools.run_engine(
-                        p.inputVolume, model, modality, axis=SLICE_AXES.get(p.sliceAxis, 0), batch_size=p.batchSize or None,
-                        device=p.device, strength=p.strength, should_cancel=cancel.is_set,
-                        progress=lambda done, total: state.update(done=done, total=total))
+                    state["result"] = denoise_volume(volume, model, modality, **options)
                 except Exception as error:  # reported in the main thread
                     state["error"] = error
 
