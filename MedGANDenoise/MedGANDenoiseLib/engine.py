@@ -1,8 +1,14 @@
 """The denoising engine: a volume in, the denoised volume and the noise out, slice by slice.
 
 Used alike by the Slicer module, the command-line tool and the training package's evaluation.
-Besides the two output arrays only one batch of slices is in flight, so a large volume needs
-little more memory than its outputs.
+Besides the two output arrays only one batch of slices (or one tile of a very large slice) is in
+flight, so a large volume needs little more memory than its outputs.
+
+Speed on a CPU comes from running an inference copy of the generator: BatchNorm folded into the
+convolutions, channels-last memory layout, and bfloat16 predictors where the CPU has native bf16
+and the model's predictors both output small corrections (residual content), with the fusion and
+every sum with the input kept in float32 (see ContentNoiseGenerator). The caller's generator is
+never modified or moved.
 """
 
 from __future__ import annotations
@@ -26,6 +32,17 @@ class DenoiseCancelled(Exception):
     """Raised when should_cancel() returned True; no partial result is returned."""
 
 
+# CT voxels below this value lie outside the scanner's field of view (padding such as -2048 or
+# -3024 HU): real air with heavy noise stays far above it.
+CT_PADDING_BELOW_HU = -1500.0
+# Slices with more pixels than this are denoised in overlapping tiles to bound activation memory.
+MAX_PIXELS_PER_PASS = 1024 * 1024
+TILE_SIZE = 512
+TILE_OVERLAP = 96
+MIN_SLICE_SIDE = 4
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
 @dataclass
 class DenoiseResult:
     denoised: np.ndarray
@@ -33,6 +50,7 @@ class DenoiseResult:
     device: str
     seconds: float
     batch_size: int
+    precision: str = "fp32"
     warnings: list[str] = field(default_factory=list)
 
 
@@ -56,6 +74,12 @@ def validate_volume(volume: np.ndarray) -> None:
                 "the image contains NaN or infinite voxels; replace them (e.g. with the background value) before denoising"
             )
         low, high = min(low, chunk.min()), max(high, chunk.max())
+    limit = float(np.finfo(np.float32).max) / 16  # headroom for normalisation and output arithmetic
+    if max(abs(float(low)), abs(float(high))) > limit:
+        raise ValueError(
+            f"the image holds values of magnitude up to {max(abs(float(low)), abs(float(high))):.3g}, beyond what "
+            "float32 arithmetic can denoise; check the file's rescale slope/intercept or rescale the intensities"
+        )
     if low == high:
         raise ValueError(f"the image is constant (every voxel is {low}): there is no noise to remove")
 
@@ -86,10 +110,17 @@ def resolve_device(device: str = "auto"):
             f"device {device!r} was asked for but PyTorch sees no CUDA GPU; use device 'cpu' or 'auto', "
             "or install a CUDA build of PyTorch (in Slicer: reinstall it through the PyTorch extension)"
         )
+    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise ValueError("device 'mps' (Apple GPU) is not available on this machine; use device 'cpu' or 'auto'")
     try:
-        return torch.device(name)
+        chosen = torch.device(name)
     except RuntimeError as error:
-        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from error
+        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from error
+    if chosen.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r} does not exist: PyTorch sees {torch.cuda.device_count()} CUDA GPU(s)")
+    return chosen
 
 
 def available_devices() -> list[tuple[str, str]]:
@@ -134,6 +165,7 @@ def denoise_volume(
     batch_size: int | None = None,
     device: str = "auto",
     strength: float = 1.0,
+    precision: str = "auto",
     progress: ProgressCallback | None = None,
     should_cancel: CancelCheck | None = None,
 ) -> DenoiseResult:
@@ -143,9 +175,14 @@ def denoise_volume(
 
     batch_size=None picks 8 slices on a GPU and 1 on the CPU, where larger batches are no faster
     and cost activation memory (measured: benchmarks/benchmark_engine.py).
+    precision: "auto" runs the predictors in bfloat16 on CPUs with native bf16 and fp16 on GPUs,
+    when the model's predictors both output small corrections (residual content); otherwise, and
+    with "fp32", everything runs in float32. The fusion and output are float32 in every case.
+    CT voxels outside the scanner's field of view (below CT_PADDING_BELOW_HU) are shown to the
+    network as air and returned untouched (noise 0).
     progress(done, total) is called after each batch; should_cancel() is checked before each
-    batch and makes the run raise DenoiseCancelled. On CUDA out-of-memory the batch is halved and
-    retried, then the run falls back to the CPU with a warning.
+    batch and makes the run raise DenoiseCancelled. On GPU out-of-memory the batch is halved and
+    retried, then the run falls back to the CPU with a warning; the caller's model is never moved.
     """
     import torch
 
@@ -160,6 +197,8 @@ def denoise_volume(
         raise ValueError(f"strength must be between 0 and 1, got {strength}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     slices_axis = 0 if axis is None else axis
     if volume.ndim == 2:
         if axis not in (None, 0):
@@ -169,9 +208,15 @@ def denoise_volume(
         if not -3 <= slices_axis < 3:
             raise ValueError(f"axis must be 0, 1 or 2 for a 3-D volume, got {axis}")
         stack = np.moveaxis(volume, slices_axis, 0)
+    if min(stack.shape[1:]) < MIN_SLICE_SIDE:
+        raise ValueError(
+            f"the slices are {stack.shape[1]} x {stack.shape[2]} pixels, too thin to denoise (at least "
+            f"{MIN_SLICE_SIDE} x {MIN_SLICE_SIDE} needed); slice the volume along another axis"
+        )
 
     normalizer = Normalizer.from_dict(card.normalization)
     params = normalizer.fit(volume)
+    padding_below = CT_PADDING_BELOW_HU if card.modality == "CT" else None
     denoised = np.empty(volume.shape, dtype=np.float32)
     noise = np.empty(volume.shape, dtype=np.float32)
     denoised_stack = denoised[np.newaxis] if volume.ndim == 2 else np.moveaxis(denoised, slices_axis, 0)
@@ -181,8 +226,10 @@ def denoise_volume(
     if batch_size is None:
         batch_size = 1 if torch_device.type == "cpu" else 8
     _set_cpu_threads(torch)
-    generator = model.generator.eval().to(torch_device)
+    dtype = _compute_dtype(precision, model.generator, torch_device)
+    generator = inference_copy(model.generator, torch_device)
     notes: list[str] = []
+    padded_voxels = 0
     total = stack.shape[0]
     done = 0
     started = time.perf_counter()
@@ -190,21 +237,37 @@ def denoise_volume(
         if should_cancel is not None and should_cancel():
             raise DenoiseCancelled(f"cancelled after {done} of {total} slices")
         batch = stack[done : done + batch_size]
+        original = batch.astype(np.float32, copy=True)
+        outside = original < padding_below if padding_below is not None else None
+        if outside is not None and outside.any():
+            padded_voxels += int(outside.sum())
+            network_input = np.where(outside, np.float32(-1024.0), original)
+        else:
+            outside, network_input = None, original
         try:
-            output = _run_batch(generator, batch, normalizer, params, torch_device)
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
+            output = _run_batch(generator, network_input, normalizer, params, torch_device, dtype)
+        except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+            if not _is_out_of_memory(error, torch):
+                raise
+            _empty_cache(torch, torch_device)
             if batch_size > 1:
                 batch_size //= 2
-                notes.append(f"GPU out of memory: batch size reduced to {batch_size}")
-            else:
+                notes.append(f"{torch_device.type.upper()} out of memory: batch size reduced to {batch_size}")
+            elif torch_device.type != "cpu":
                 torch_device = torch.device("cpu")
-                generator = generator.to(torch_device)
+                dtype = _compute_dtype(precision, model.generator, torch_device)
+                generator = inference_copy(model.generator, torch_device)
                 notes.append("GPU out of memory even with one slice per batch: continued on the CPU")
+            else:
+                raise MemoryError(
+                    f"out of memory denoising slices of {batch.shape[1]} x {batch.shape[2]} pixels on the CPU; "
+                    "close other programs or denoise a smaller region"
+                ) from error
             warnings.warn(notes[-1], RuntimeWarning, stacklevel=2)
             continue
-        original = batch.astype(np.float32, copy=False)
         removed = original - output
+        if outside is not None:
+            removed[outside] = 0.0
         if strength != 1.0:
             removed *= np.float32(strength)
         noise_stack[done : done + len(batch)] = removed
@@ -212,27 +275,151 @@ def denoise_volume(
         done += len(batch)
         if progress is not None:
             progress(done, total)
+    if padded_voxels:
+        notes.append(
+            f"{padded_voxels} voxels below {CT_PADDING_BELOW_HU:.0f} HU (outside the scanner's field of view) "
+            "were left untouched"
+        )
     return DenoiseResult(
         denoised=denoised,
         noise=noise,
         device=str(torch_device),
         seconds=time.perf_counter() - started,
         batch_size=batch_size,
+        precision={torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
         warnings=notes,
     )
 
 
-def _run_batch(generator, batch: np.ndarray, normalizer: Normalizer, params, device) -> np.ndarray:
-    """The generator's fused output for a (B, H, W) batch, in original units, float32 on the CPU."""
+def inference_copy(generator, device):
+    """A copy of the generator for inference on `device`: eval mode, BatchNorm folded into the
+    convolutions, channels-last on the CPU. The caller's generator is left as it was."""
+    import copy
+
     import torch
 
-    x = torch.from_numpy(normalizer.forward(batch, params)).unsqueeze(1).to(device)
+    from .networks import fold_batchnorm
+
+    training = generator.training
+    generator.eval()
+    try:
+        clone = copy.deepcopy(generator)
+    finally:
+        generator.train(training)
+    clone = fold_batchnorm(clone).to(device)
+    for p in clone.parameters():
+        p.requires_grad_(False)
+    if device.type == "cpu":
+        clone = clone.to(memory_format=torch.channels_last)
+    return clone
+
+
+def _compute_dtype(precision: str, generator, device):
+    """The dtype the predictors run in (see denoise_volume)."""
+    import torch
+
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    residual = getattr(generator, "residual_content", False) or getattr(generator, "content_predictor", None) is None
+    if not residual:
+        return torch.float32
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and _cpu_has_native_bf16(torch):
+        return torch.bfloat16
+    return torch.float32
+
+
+def _cpu_has_native_bf16(torch) -> bool:
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _is_out_of_memory(error: Exception, torch) -> bool:
+    if isinstance(error, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError), torch.cuda.OutOfMemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def _empty_cache(torch, device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()
+
+
+def _run_batch(generator, batch: np.ndarray, normalizer: Normalizer, params, device, dtype) -> np.ndarray:
+    """The generator's fused output for a (B, H, W) batch, in original units, float32 on the CPU.
+    Slices larger than MAX_PIXELS_PER_PASS go through in overlapping tiles."""
+    import torch
+
+    x = torch.from_numpy(normalizer.forward(batch, params)).unsqueeze(1)
+    height, width = batch.shape[1:]
     with torch.inference_mode():
-        if device.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            with torch.autocast("cuda", dtype=dtype):
-                y = generator(x)[0]
+        if height * width <= MAX_PIXELS_PER_PASS:
+            y = _forward(generator, x, device, dtype)
         else:
+            y = _forward_tiled(generator, x, device, dtype)
+    return normalizer.inverse(y.squeeze(1).numpy(), params)
+
+
+def _forward(generator, x, device, dtype):
+    """One pass on `device`; returns the float32 output on the CPU."""
+    import torch
+
+    x = x.to(device)
+    if device.type == "cpu":
+        x = x.contiguous(memory_format=torch.channels_last)
+    if dtype == torch.float32:
+        y = generator(x)[0]
+    else:
+        with torch.autocast(device.type, dtype=dtype):
             y = generator(x)[0]
-    y = y.float().squeeze(1).cpu().numpy()
-    return normalizer.inverse(y, params)
+    return y.float().cpu().contiguous()
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of size `tile` covering [0, length) with at least `overlap` shared."""
+    if length <= tile:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, length - tile, step)) + [length - tile]
+    return starts
+
+
+def _forward_tiled(generator, x, device, dtype, tile: int = TILE_SIZE, overlap: int = TILE_OVERLAP):
+    """The output of a large slice assembled from overlapping tiles, each weighted by a ramp that
+    falls to near zero at the tile's inner edges, so seams blend without a visible step."""
+    import torch
+
+    height, width = x.shape[-2:]
+    ramp = torch.ones(tile)
+    edge = torch.linspace(0.0, 1.0, overlap + 2)[1:-1]
+    ramp[:overlap], ramp[tile - overlap :] = edge, edge.flip(0)
+    output = torch.zeros_like(x)
+    weight = torch.zeros((1, 1, height, width))
+    ys, xs = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
+    for top in ys:
+        for left in xs:
+            h, w = min(tile, height), min(tile, width)
+            piece = _forward(generator, x[..., top : top + h, left : left + w], device, dtype)
+            wy = torch.ones(h) if len(ys) == 1 else ramp[:h].clone()
+            wx = torch.ones(w) if len(xs) == 1 else ramp[:w].clone()
+            if top == 0:
+                wy[:overlap] = 1.0
+            if top + h == height:
+                wy[h - overlap :] = 1.0
+            if left == 0:
+                wx[:overlap] = 1.0
+            if left + w == width:
+                wx[w - overlap :] = 1.0
+            mask = (wy[:, None] * wx[None, :])[None, None]
+            output[..., top : top + h, left : left + w] += piece * mask
+            weight[..., top : top + h, left : left + w] += mask
+    return output / weight

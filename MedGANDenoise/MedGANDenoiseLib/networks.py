@@ -35,9 +35,11 @@ class DoubleConv(nn.Sequential):
 class UNetPredictor(nn.Module):
     """U-Net with `depth` pooling levels, widths base_width * 2**level, bilinear upsampling.
 
-    With bilinear upsampling the bottleneck keeps the width of the level above it (as in the
-    reference 64-128-256-512-1024 recipe, whose last level halves to 512 before concatenation).
-    Input height and width must be divisible by 2**depth; ContentNoiseGenerator pads for that.
+    The bottleneck keeps the width of the level above it (512 at base width 64) and each decoder
+    level halves its width before the next concatenation: 13.4 M parameters at base width 64 and
+    depth 4. The reference CNCL code's 1024-channel bottleneck counts 21.9 M; this is the lighter
+    bilinear layout, not that recipe. Input height and width must be divisible by 2**depth;
+    ContentNoiseGenerator pads for that.
     """
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, base_width: int = 64, depth: int = 4):
@@ -108,7 +110,12 @@ class DenseBlock(nn.Module):
 
 class SRDenseNetPredictor(nn.Module):
     """Reduced SRDenseNet: dense blocks whose outputs are all concatenated (dense skips) into a
-    1x1 bottleneck, then a 3x3 reconstruction conv to 1 channel; no upsampling layers."""
+    1x1 bottleneck, then a 3x3 reconstruction conv to 1 channel; no upsampling layers.
+
+    It has no normalisation layers, so init_weights gives it He initialisation: with N(0, 0.02)
+    activations shrank about 10x per dense block."""
+
+    normalization_free = True
 
     def __init__(
         self,
@@ -149,6 +156,8 @@ def build_predictor(variant: str, **kwargs: Any) -> nn.Module:
 class RefinementNet(nn.Module):
     """Small residual CNN after the fusion (second paper): y + r(y)."""
 
+    normalization_free = True
+
     def __init__(self, width: int = 32, num_layers: int = 5):
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(1, width, 3, padding=1), nn.ReLU(inplace=True)]
@@ -168,6 +177,13 @@ class ContentNoiseGenerator(nn.Module):
     ablations (the output is then c, or x - n). forward() returns (denoised, content, noise);
     in the ablations the missing prediction is derived from the other (n = x - c, c = x - n).
     Any H x W works: the input is reflect-padded to the predictors' size multiple and cropped back.
+
+    residual_content=True makes the content predictor's job intensity-independent: c = x + Pc(x),
+    so both predictors output small corrections. medgan-train uses it; False is the layout of the
+    first shipped models, where Pc regresses absolute intensity (its branch was the weak half).
+    The fusion and every sum with x run in float32 even under autocast, so reduced precision only
+    touches the small predictor outputs (bf16 on the (HU + 1024) / 4096 map would otherwise round
+    soft tissue to 8 HU steps).
     """
 
     def __init__(
@@ -176,12 +192,13 @@ class ContentNoiseGenerator(nn.Module):
         predictor: dict[str, Any] | None = None,
         mode: str = "both",
         refine: bool = False,
+        residual_content: bool = False,
     ):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"unknown generator mode {mode!r}; choose one of {', '.join(MODES)}")
         predictor = dict(predictor or {})
-        self.variant, self.mode = variant, mode
+        self.variant, self.mode, self.residual_content = variant, mode, residual_content
         self.content_predictor = build_predictor(variant, **predictor) if mode in ("both", "content") else None
         self.noise_predictor = build_predictor(variant, **predictor) if mode in ("both", "noise") else None
         self.fusion = nn.Conv2d(2, 1, 1) if mode == "both" else None
@@ -192,16 +209,20 @@ class ContentNoiseGenerator(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         height, width = x.shape[-2:]
         padded = self._pad(x)
-        content = self.content_predictor(padded)[..., :height, :width] if self.content_predictor else None
-        noise = self.noise_predictor(padded)[..., :height, :width] if self.noise_predictor else None
-        if content is None:
-            content = x - noise
-            denoised = content
-        elif noise is None:
-            noise = x - content
-            denoised = content
-        else:
-            denoised = self.fusion(torch.cat([content, x - noise], dim=1))
+        content = self.content_predictor(padded)[..., :height, :width].float() if self.content_predictor else None
+        noise = self.noise_predictor(padded)[..., :height, :width].float() if self.noise_predictor else None
+        x = x.float()
+        with torch.autocast(x.device.type, enabled=False):
+            if content is not None and self.residual_content:
+                content = x + content
+            if content is None:
+                content = x - noise
+                denoised = content
+            elif noise is None:
+                noise = x - content
+                denoised = content
+            else:
+                denoised = self.fusion(torch.cat([content, x - noise], dim=1))
         if self.refinement is not None:
             denoised = self.refinement(denoised)
         return denoised, content, noise
@@ -218,10 +239,16 @@ class ContentNoiseGenerator(nn.Module):
 
 
 def build_generator(
-    variant: str = "unet", predictor: dict[str, Any] | None = None, mode: str = "both", refine: bool = False
+    variant: str = "unet",
+    predictor: dict[str, Any] | None = None,
+    mode: str = "both",
+    refine: bool = False,
+    residual_content: bool = False,
 ) -> ContentNoiseGenerator:
     """The generator described by a model card's `architecture` entry, initialised per METHOD.md."""
-    generator = ContentNoiseGenerator(variant=variant, predictor=predictor, mode=mode, refine=refine)
+    generator = ContentNoiseGenerator(
+        variant=variant, predictor=predictor, mode=mode, refine=refine, residual_content=residual_content
+    )
     init_weights(generator)
     return generator
 
@@ -249,12 +276,18 @@ class PatchDiscriminator(nn.Sequential):
 def init_weights(module: nn.Module, std: float = 0.02) -> None:
     """Conv weights ~ N(0, std), BatchNorm weight ~ N(1, std) and bias 0 (pix2pix / METHOD.md).
 
-    The fusion starts as the plain average of its two inputs (weights 0.5, 0.5, bias 0) rather
-    than near zero, so an untrained generator already returns a content estimate of the right scale.
+    Submodules marked `normalization_free` (SRDenseNet, the refinement net) get He initialisation
+    instead, which keeps their activations at scale without BatchNorm. The fusion starts as the
+    plain average of its two inputs (weights 0.5, 0.5, bias 0) rather than near zero, so an
+    untrained generator already returns a content estimate of the right scale.
     """
+    he_convs = {id(m) for sub in module.modules() if getattr(sub, "normalization_free", False) for m in sub.modules()}
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.normal_(m.weight, 0.0, std)
+            if id(m) in he_convs:
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            else:
+                nn.init.normal_(m.weight, 0.0, std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
@@ -270,3 +303,19 @@ def init_weights(module: nn.Module, std: float = 0.02) -> None:
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """Fold every eval-mode BatchNorm that directly follows a convolution in an nn.Sequential into
+    that convolution's weights and bias (in place; call on a copy). Inference then skips one
+    memory pass per layer; the result equals the unfolded network to float rounding."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for child in module.children():
+        if isinstance(child, nn.Sequential):
+            for i in range(len(child) - 1):
+                if isinstance(child[i], nn.Conv2d) and isinstance(child[i + 1], nn.BatchNorm2d):
+                    child[i] = fuse_conv_bn_eval(child[i], child[i + 1])
+                    child[i + 1] = nn.Identity()
+        fold_batchnorm(child)
+    return module
