@@ -87,12 +87,15 @@ class Payload:
         return (print, ("this must never run",))
 
 
-def test_a_pickled_object_is_refused_even_with_a_matching_checksum(tiny_model_dir):
+def test_a_pickled_object_is_refused_even_with_a_matching_checksum(tiny_model_dir, capsys):
     weights = tiny_model_dir / "tiny-ct.pt"
     torch.save({"payload": Payload()}, weights)
     edit_registry(tiny_model_dir, sha256=sha256_of(weights))
-    with pytest.raises(ValueError, match="cannot read the weights file"):
+    with pytest.raises(ValueError, match="is not a plain weights file .* and was not loaded") as info:
         load_model(ModelRegistry.from_folders([tiny_model_dir]).get("tiny-ct"))
+    message = str(info.value)
+    assert "\n" not in message and "weights_only=False" not in message  # no unsafe advice
+    assert "this must never run" not in capsys.readouterr().out
 
 
 def test_invalid_json_duplicate_ids_and_missing_registry(tmp_path):

@@ -1,36 +1,51 @@
-"""medgan-denoise: denoise a scan (or a folder of scans) from the command line.
+r"""medgan-denoise: denoise a scan (or a folder of scans) from the command line.
 
     medgan-denoise scan.nii.gz -o denoised.nii.gz [--noise noise.nii.gz] --modality CT [--variant unet]
     medgan-denoise dicom_folder/ -o denoised.nrrd --modality CT
     medgan-denoise scans/ -o results/ --modality MR --save-noise       (batch: every scan of a folder)
     medgan-denoise --list-models [--models-dir DIR]
 
+    medgan-denoise dicom_folder/ -o denoised_series/ --output-format dicom [--noise noise_series/] [--deidentify]
+
 INPUT is any file SimpleITK reads (NIfTI, NRRD, MHA, a single DICOM file), a folder holding one
 DICOM series, or a batch folder of such scans (files, or sub-folders with a DICOM series). In
 batch mode OUTPUT is a folder and each scan is written as <name>_denoised.nii.gz (and
-<name>_noise.nii.gz with --save-noise). Outputs keep the input's size, spacing, origin and
-direction, carry none of its metadata, and are written only after denoising succeeded; the
-input is never overwritten.
+<name>_noise.nii.gz with --save-noise; --output-format picks another format). Outputs keep the
+input's size, spacing, origin and direction, carry none of its metadata, and are written only
+after denoising succeeded, each verified by reading it back; the input is never overwritten.
+
+With --output-format dicom a DICOM series in gives a derived DICOM series out (OUTPUT is a new
+folder): new series and instance UIDs in the same study and frame of reference, the same slice
+positions, ImageType DERIVED\SECONDARY and references to the source images, so a PACS files it
+beside the original. It carries the source's patient and study data unless --deidentify applies
+DICOM PS3.15's basic de-identification profile.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from .engine import denoise_volume, estimate_noise_sigma
 from .image_io import (
     MultipleSeriesError,
+    check_geometry_fits,
     check_output_path,
     find_scans,
     image_to_array,
     list_dicom_series,
+    quiet_library_warnings,
+    read_dicom_series,
     read_image,
+    resolved,
     scan_stem,
-    write_like,
+    stage_like,
 )
 from .networks import VARIANTS
 from .registry import LoadedModel, ModelRegistry, load_model, normalize_modality
@@ -38,6 +53,7 @@ from .registry import LoadedModel, ModelRegistry, load_model, normalize_modality
 PROG = "medgan-denoise"
 # image index axis (i, j, k) -> numpy axis of the (k, j, i) array
 AXES = {"i": 2, "x": 2, "j": 1, "y": 1, "k": 0, "z": 0}
+OUTPUT_FORMATS = ("nii.gz", "nii", "nrrd", "mha", "dicom")
 
 
 class CommandError(ValueError):
@@ -50,6 +66,7 @@ class Job:
     series: str | None
     denoised: Path
     noise: Path | None
+    name: str = field(default="")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", type=Path, help="denoised output file (batch mode: output folder)")
     parser.add_argument("--noise", type=Path, help="also write the estimated noise to this file")
     parser.add_argument("--save-noise", action="store_true", help="batch mode: also write <name>_noise.nii.gz")
+    parser.add_argument("--output-format", choices=OUTPUT_FORMATS,
+                        help="nii.gz, nii, nrrd, mha, or dicom (a derived DICOM series in a new folder; needs a DICOM input). "
+                             "Default: from the OUTPUT name; nii.gz in batch mode")
+    parser.add_argument("--deidentify", action="store_true",
+                        help="with --output-format dicom: remove patient data per DICOM PS3.15's basic profile")
     parser.add_argument("--modality", help="CT, MR, PET, XRAY or US (default: the --model's modality)")
     parser.add_argument("--variant", default="unet", choices=VARIANTS, help="predictor variant (default: unet)")
     parser.add_argument("--model", help="a model id from --list-models (default: the first for modality and variant)")
@@ -99,13 +121,48 @@ def select_model(args: argparse.Namespace, registry: ModelRegistry) -> LoadedMod
     return load_model(card)
 
 
+def output_format(args: argparse.Namespace, batch: bool) -> str:
+    """The format of the outputs: --output-format, else the OUTPUT name's suffix (nii.gz in batch mode)."""
+    if batch:
+        return args.output_format or "nii.gz"
+    from .image_io import output_suffix
+
+    suffix = output_suffix(args.output)
+    if args.output_format is None:
+        return suffix[1:] if suffix else ""  # no suffix: check_output_path explains
+    if args.output_format == "dicom":
+        if suffix is not None:
+            raise CommandError(f"--output-format dicom writes a series into a folder; {args.output} names a {suffix} file")
+    elif suffix is not None and suffix[1:] != args.output_format:
+        raise CommandError(f"--output-format {args.output_format} does not match the output name {args.output.name}")
+    elif suffix is None:
+        raise CommandError(f"output {args.output.name}: end it in .{args.output_format}")
+    return args.output_format
+
+
+def batch_names(items: list[tuple[Path, str | None, str]]) -> list[str]:
+    """Output base names for the scans of a batch: distinct even where two scans share a stem
+    (a.nii.gz and a.nrrd become a_nii_gz and a_nrrd), compared without regard to case."""
+    counts: dict[str, int] = {}
+    for _, _, stem in items:
+        counts[stem.casefold()] = counts.get(stem.casefold(), 0) + 1
+    names = [stem if counts[stem.casefold()] == 1 else path.name.replace(".", "_") for path, _, stem in items]
+    if len({n.casefold() for n in names}) != len(names):
+        raise CommandError("two scans of the batch would get the same output name; rename one of them")
+    return names
+
+
 def plan_jobs(args: argparse.Namespace) -> list[Job]:
     """What to read and where to write, checked before any work is done."""
     source: Path = args.input
     if not source.exists():
         raise CommandError(f"input not found: {source}")
     dicom_folder = source.is_dir() and bool(list_dicom_series(source))
-    if source.is_dir() and (args.all_series or not dicom_folder):
+    batch = source.is_dir() and (args.all_series or not dicom_folder)
+    fmt = output_format(args, batch)
+    if args.deidentify and fmt != "dicom":
+        raise CommandError("--deidentify is for --output-format dicom; NIfTI, NRRD and MetaImage outputs carry no patient data anyway")
+    if batch:
         if dicom_folder:  # every series of one DICOM folder
             items = [(source, uid, uid) for uid, _, _ in list_dicom_series(source)]
         else:
@@ -117,29 +174,68 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
             raise CommandError("in batch mode use --save-noise instead of --noise")
         if args.output.exists() and not args.output.is_dir():
             raise CommandError(f"in batch mode OUTPUT must be a folder; {args.output} is a file")
-        jobs = [Job(path, uid, args.output / f"{stem}_denoised.nii.gz", args.output / f"{stem}_noise.nii.gz" if args.save_noise else None)
-                for path, uid, stem in items]
+        ending = "" if fmt == "dicom" else "." + fmt
+        jobs = [Job(path, uid, args.output / f"{name}_denoised{ending}", args.output / f"{name}_noise{ending}" if args.save_noise else None, name)
+                for (path, uid, _), name in zip(items, batch_names(items))]
     else:
         if args.save_noise:
             raise CommandError("--save-noise is for batch mode; give --noise FILE for one scan")
         if dicom_folder and args.series is None and len(list_dicom_series(source)) > 1:
             raise MultipleSeriesError(source, list_dicom_series(source))
-        jobs = [Job(source, args.series, args.output, args.noise)]
+        jobs = [Job(source, args.series, args.output, args.noise, source.name)]
     inputs = [job.source for job in jobs]
+    folder = fmt == "dicom"
+    planned: set[Path] = set()
     for job in jobs:
-        job.denoised = check_output_path(job.denoised, inputs)
+        if folder:
+            from .dicom_output import check_dicom_source
+
+            check_dicom_source(job.source)
+        job.denoised = check_output_path(job.denoised, inputs, folder=folder)
         if job.noise is not None:
-            job.noise = check_output_path(job.noise, inputs)
+            job.noise = check_output_path(job.noise, inputs, folder=folder)
             if job.noise == job.denoised:
-                raise CommandError("--noise must differ from the denoised output")
+                raise CommandError(f"--noise must differ from the denoised output (both are {job.denoised})")
+        for path in (job.denoised, job.noise):
+            if path is not None and path in planned:
+                raise CommandError(f"two outputs would be written to {path}; nothing was written")
+            planned.add(path)
     return jobs
+
+
+def stage_outputs(job: Job, result, image, files: list[str] | None, model: LoadedModel, args: argparse.Namespace) -> list:
+    """Every output of a job written and verified under a temporary name; nothing is committed."""
+    outputs = [("denoised", result.denoised, job.denoised)] + ([("noise", result.noise, job.noise)] if job.noise is not None else [])
+    staged = []
+    try:
+        for kind, array, path in outputs:
+            if args.output_format == "dicom":
+                from .dicom_output import stage_dicom_series
+
+                staged.append(stage_dicom_series(array, image, files, path, kind=kind, model_id=model.card.id,
+                                                 strength=args.strength, deidentify=args.deidentify))
+            else:
+                staged.append(stage_like(array, image, path))
+    except BaseException:
+        for item in staged:
+            item.discard()
+        raise
+    return staged
 
 
 def run_job(job: Job, model: LoadedModel, args: argparse.Namespace) -> str:
     """Denoise one scan and write its outputs; returns the summary line."""
     from tqdm import tqdm
 
-    image = read_image(job.source, job.series)
+    files = None
+    if job.source.is_dir():
+        image, files = read_dicom_series(job.source, job.series)
+    else:
+        image = read_image(job.source, job.series)
+        files = [str(job.source)]
+    for path in (job.denoised, job.noise):
+        if path is not None and args.output_format != "dicom":
+            check_geometry_fits(image, path)
     volume = image_to_array(image)
     with tqdm(total=volume.shape[AXES[args.axis]] if volume.ndim == 3 else 1, unit="slice", disable=args.quiet,
               desc=job.source.name, leave=False) as bar:
@@ -147,14 +243,16 @@ def run_job(job: Job, model: LoadedModel, args: argparse.Namespace) -> str:
             volume, model, args.modality, axis=AXES[args.axis] if volume.ndim == 3 else None, batch_size=args.batch_size,
             device=args.device, strength=args.strength, progress=lambda done, total: bar.update(done - bar.n),
         )
-    written = [write_like(result.denoised, image, job.denoised)]
+    # the pair is staged (written and verified) whole before either replaces anything at its
+    # destination: a failed write leaves the user's earlier files as they were
+    staged = stage_outputs(job, result, image, files, model, args)
+    written = []
     try:
-        if job.noise is not None:
-            written.append(write_like(result.noise, image, job.noise))
-    except BaseException:
-        for path in written:  # nothing half-made: the pair is written whole or not at all
-            path.unlink(missing_ok=True)
-        raise
+        for item in staged:
+            written.append(item.commit())
+    finally:
+        for item in staged[len(written):]:
+            item.discard()
     for warning in result.warnings:
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
     return (
@@ -164,11 +262,68 @@ def run_job(job: Job, model: LoadedModel, args: argparse.Namespace) -> str:
     )
 
 
+def explain(error: BaseException) -> str | None:
+    """One line for an expected failure, or None for a bug."""
+    if isinstance(error, ValueError):
+        return str(error)
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or (
+        isinstance(error, RuntimeError) and any(s in str(error).lower() for s in ("out of memory", "can't allocate memory", "not enough memory"))
+    ):
+        return "not enough memory to denoise this scan; close other programs, use --batch-size 1, or crop the volume"
+    if isinstance(error, OSError):
+        return f"{error.filename + ': ' if getattr(error, 'filename', None) else ''}{error.strerror or error}"
+    return None
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind (removing temporary files) and exit 143."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # library warnings never precede or replace the tool's own lines
+            return _main(parser, args)
+    except Terminated:
+        print(f"{PROG}: terminated; nothing half-written was left behind", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing half-written was left behind", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _fail(error: BaseException) -> str:
+    message = explain(error)
+    if message is None:
+        if os.environ.get("MEDGAN_DENOISE_DEBUG"):
+            raise error
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        message = f"unexpected {type(error).__name__}: {first} (please report it; MEDGAN_DENOISE_DEBUG=1 shows the details)"
+    return " ".join(message.split("\n"))
+
+
+def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    quiet_library_warnings()
     try:
         registry = ModelRegistry.default(args.models_dir)
+        for problem in registry.problems:
+            print(f"{PROG}: warning: {problem}", file=sys.stderr)
         if args.list_models:
             print(list_models(registry))
             return 0
@@ -181,19 +336,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = select_model(args, registry)
         args.modality = model.card.modality
         jobs = plan_jobs(args)
-    except ValueError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
+    except Exception as error:
+        print(f"{PROG}: error: {_fail(error)}", file=sys.stderr)
         return 2
     failures = []
     for job in jobs:
         try:
             summary = run_job(job, model, args)
-        except ValueError as error:
+        except Exception as error:
+            message = _fail(error)
             if len(jobs) == 1:
-                print(f"{PROG}: error: {error}", file=sys.stderr)
+                print(f"{PROG}: error: {message}", file=sys.stderr)
                 return 2
-            failures.append(f"{job.source.name}: {error}")
-            print(f"{PROG}: skipped {job.source.name}: {error}", file=sys.stderr)
+            failures.append(f"{job.source.name}: {message}")
+            print(f"{PROG}: skipped {job.source.name}: {message}", file=sys.stderr)
             continue
         if not args.quiet:
             print(summary)

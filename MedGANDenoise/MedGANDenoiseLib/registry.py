@@ -65,13 +65,25 @@ class ModelCard:
     REQUIRED = ("id", "modality", "variant", "architecture", "normalization", "file", "sha256")
 
     @classmethod
-    def from_dict(cls, entry: dict[str, Any], folder: Path) -> "ModelCard":
+    def from_dict(cls, entry: Any, folder: Path) -> "ModelCard":
+        where = Path(folder) / REGISTRY_FILE
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: a model entry must be an object with {', '.join(cls.REQUIRED)}, got {type(entry).__name__} {entry!r:.40}")
         missing = [k for k in cls.REQUIRED if k not in entry]
         if missing:
-            raise ValueError(f"model entry {entry.get('id', '?')!r} in {folder / REGISTRY_FILE} lacks {missing}")
+            raise ValueError(f"model entry {entry.get('id', '?')!r} in {where} lacks {missing}")
+        for key in ("id", "modality", "variant", "file", "sha256"):
+            if not isinstance(entry[key], str):
+                raise ValueError(f"model entry {entry.get('id', '?')!r} in {where}: {key!r} must be a string")
+        for key in ("architecture", "normalization"):
+            if not isinstance(entry[key], dict):
+                raise ValueError(f"model entry {entry['id']!r} in {where}: {key!r} must be an object")
         known = {f for f in cls.__dataclass_fields__ if f != "folder"}
         card = cls(**{k: v for k, v in entry.items() if k in known}, folder=Path(folder))
-        card.modality = normalize_modality(card.modality)
+        try:
+            card.modality = normalize_modality(card.modality)
+        except ValueError as error:
+            raise ValueError(f"model entry {card.id!r} in {where}: {error}") from error
         return card
 
     def to_dict(self) -> dict[str, Any]:
@@ -95,8 +107,10 @@ class LoadedModel:
 class ModelRegistry:
     """The model cards of one or more models folders; earlier folders take precedence."""
 
-    def __init__(self, cards: Iterable[ModelCard]):
+    def __init__(self, cards: Iterable[ModelCard], problems: Iterable[str] = ()):
         self._cards: list[ModelCard] = []
+        # what was skipped while reading the per-user folder: shown to the user as warnings
+        self.problems: list[str] = list(problems)
         for card in cards:
             clash = next((c for c in self._cards if c.id == card.id), None)
             if clash is not None:
@@ -106,31 +120,58 @@ class ModelRegistry:
                 )
             self._cards.append(card)
 
+    @staticmethod
+    def read_folder(folder: str | Path) -> list[ModelCard]:
+        """The cards of one models folder; ValueError naming the file if it is not a valid registry."""
+        folder = Path(folder)
+        registry_path = folder / REGISTRY_FILE
+        if not registry_path.is_file():
+            raise ValueError(f"no {REGISTRY_FILE} in the models folder {folder}")
+        try:
+            content = json.loads(registry_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{registry_path} is not valid JSON: {error}") from error
+        except OSError as error:
+            raise ValueError(f"cannot read {registry_path}: {error.strerror or error}") from error
+        if not isinstance(content, dict) or not isinstance(content.get("models", []), list):
+            raise ValueError(f'{registry_path} must hold an object {{"format_version": 1, "models": [...]}}, got {type(content).__name__}')
+        return [ModelCard.from_dict(entry, folder) for entry in content.get("models", [])]
+
     @classmethod
-    def from_folders(cls, folders: Iterable[str | Path]) -> "ModelRegistry":
+    def from_folders(cls, folders: Iterable[str | Path], optional: Iterable[str | Path] = ()) -> "ModelRegistry":
+        """The cards of `folders` (an invalid one is an error). A folder also listed in `optional`
+        is skipped instead, with the reason kept in `problems`, so a broken per-user registry
+        does not stop the shipped models from working."""
+        optional_set = {Path(f) for f in optional}
         cards: list[ModelCard] = []
+        problems: list[str] = []
         for folder in folders:
-            folder = Path(folder)
-            registry_path = folder / REGISTRY_FILE
-            if not registry_path.is_file():
-                raise ValueError(f"no {REGISTRY_FILE} in the models folder {folder}")
             try:
-                content = json.loads(registry_path.read_text())
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{registry_path} is not valid JSON: {error}") from error
-            cards += [ModelCard.from_dict(entry, folder) for entry in content.get("models", [])]
-        return cls(cards)
+                found = cls.read_folder(folder)
+                for card in found:
+                    if any(c.id == card.id for c in cards) and Path(folder) in optional_set:
+                        raise ValueError(f"model id {card.id!r} in {Path(folder) / REGISTRY_FILE} is already defined elsewhere")
+            except ValueError as error:
+                if Path(folder) not in optional_set:
+                    raise
+                problems.append(f"ignored your models folder {folder}: {error}")
+                continue
+            cards += found
+        return cls(cards, problems)
 
     @classmethod
     def default(cls, extra_dirs: Iterable[str | Path] = ()) -> "ModelRegistry":
-        """extra_dirs (must exist), then the per-user folder (if it exists), then the shipped models."""
+        """extra_dirs (must exist and be valid), then the per-user folder (if it exists; skipped
+        with a problem noted if it is invalid), then the shipped models."""
         folders = [Path(d) for d in extra_dirs]
         user_dir = user_models_dir()
+        optional = []
         if (user_dir / REGISTRY_FILE).is_file():
             folders.append(user_dir)
+            optional.append(user_dir)
         if (SHIPPED_MODELS_DIR / REGISTRY_FILE).is_file():
             folders.append(SHIPPED_MODELS_DIR)
-        return cls.from_folders(folders)
+        return cls.from_folders(folders, optional)
 
     def models(self) -> list[ModelCard]:
         return list(self._cards)
@@ -165,6 +206,11 @@ class ModelRegistry:
         raise ValueError(f"no {variant!r} model for {modality}; available variants for {modality}: {', '.join(variants)}")
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def load_model(card: ModelCard, device: str = "cpu") -> LoadedModel:
     """Verify the weights' SHA-256, load them without unpickling objects, build the generator."""
     import torch
@@ -181,17 +227,30 @@ def load_model(card: ModelCard, device: str = "cpu") -> LoadedModel:
             f"(expected {card.sha256[:12]}..., found {actual[:12]}...): the file is corrupt or was replaced. "
             "Reinstall the extension or re-export the model."
         )
+    import pickle
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # it holds Python objects (possibly code): never loaded
+        raise ValueError(
+            f"the weights file {path} of model {card.id!r} is not a plain weights file (it holds Python objects) "
+            "and was not loaded; use weights exported with medgan-train"
+        ) from error
     except Exception as error:  # torch raises several kinds for a bad file
-        raise ValueError(f"cannot read the weights file {path} of model {card.id!r}: {error}") from error
-    generator = build_generator(**card.architecture)
+        raise ValueError(f"cannot read the weights file {path} of model {card.id!r}: {_first_line(error)}") from error
+    if not isinstance(state, dict):
+        raise ValueError(f"the weights file {path} of model {card.id!r} is not a plain weights file (no state dict) and was not used")
+    try:
+        generator = build_generator(**card.architecture)
+    except (TypeError, ValueError, KeyError) as error:
+        raise ValueError(
+            f"model {card.id!r} in {card.folder / REGISTRY_FILE} has an invalid architecture {card.architecture}: {_first_line(error)}"
+        ) from error
     try:
         generator.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError, AttributeError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(
-            f"the weights of model {card.id!r} do not fit its declared architecture {card.architecture}: {first_line}"
+            f"the weights of model {card.id!r} do not fit its declared architecture {card.architecture}: {_first_line(error)}"
         ) from error
     generator.eval().to(device)
     return LoadedModel(card=card, generator=generator)
