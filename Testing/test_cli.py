@@ -88,18 +88,20 @@ def test_axis_option_and_strength(tmp_path, models, capsys):
     np.testing.assert_allclose(half, 0.5 * full, atol=1e-3)
 
 
-def write_dicom_series(folder: Path, array: np.ndarray, series_uid: str, description: str) -> None:
+def write_dicom_series(folder: Path, array: np.ndarray, series_uid: str, description: str, extra: dict | None = None,
+                       positions=None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     for k, plane in enumerate(array):
+        z = 2.5 * k if positions is None else positions[k]
         image = sitk.GetImageFromArray(plane[np.newaxis])
         image.SetSpacing((0.7, 0.9, 2.5))
-        image.SetOrigin((0.0, 0.0, 2.5 * k))
+        image.SetOrigin((0.0, 0.0, z))
         for tag, value in {"0010|0010": PATIENT_NAME, "0010|0020": "ID-12345", "0008|0060": "CT",
                            "0020|000e": series_uid, "0020|000d": "1.2.826.0.1.3680043.2.1125.1", "0008|103e": description,
-                           "0020|0013": str(k + 1), "0020|0032": f"0\\0\\{2.5 * k}", "0020|0037": "1\\0\\0\\0\\1\\0",
-                           "0028|1052": "0", "0028|1053": "1"}.items():
+                           "0020|0013": str(k + 1), "0020|0032": f"0\\0\\{z}", "0020|0037": "1\\0\\0\\0\\1\\0",
+                           "0028|1052": "0", "0028|1053": "1", **(extra or {})}.items():
             image.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"s{series_uid.split('.')[-1]}_{k:03d}.dcm"))
         writer.Execute(image)
