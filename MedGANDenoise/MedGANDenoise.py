@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import qt
 import slicer
 import vtk
 from slicer import vtkMRMLScalarVolumeNode
-from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -20,9 +23,12 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from MedGANDenoiseLib import cli_protocol
 from MedGANDenoiseLib import scene as sceneTools
+from MedGANDenoiseLib.cli_protocol import MODALITY_CHOICES, SLICE_AXES
 
-SLICE_AXES = {"K (slices)": 0, "J": 1, "I": 2}
+SETTINGS_DEVICE = "MedGANDenoise/device"
+SETTINGS_MODELS_FOLDER = "MedGANDenoise/modelsFolder"
 
 
 class MedGANDenoise(ScriptedLoadableModule):
@@ -31,22 +37,25 @@ class MedGANDenoise(ScriptedLoadableModule):
         self.parent.title = "MedGANDenoise"
         self.parent.categories = ["Filtering.Denoising"]
         self.parent.dependencies = []
-        self.parent.contributors = ["MedGANDenoise developers"]
+        self.parent.contributors = ["MedGANDenoise developers (MedGANDenoise project)"]
         self.parent.helpText = """
 Removes noise from CT, MR and PET (and X-ray, ultrasound) volumes with a GAN generator of two
 complementary predictors: one predicts the clean content, one the noise, and a learned 1x1
 fusion joins them. Pick the input volume, the modality (Auto reads the DICOM modality or guesses
 from the intensities) and the predictor variant (U-Net, DnCNN or SRDenseNet; only variants with
 weights for the modality are offered), then click Denoise. Two volumes are created: the denoised
-volume and the estimated noise (input = denoised + noise). The input is never modified.
+volume and the estimated noise (input = denoised + noise). The input is never modified. The model
+runs in a separate process (the MedGANDenoiseCLI module): the application stays responsive and
+Cancel stops it at once. The Details section shows what ran.
 <br><br>Scripting from the Python console:
 <pre>
 logic = slicer.util.getModuleLogic("MedGANDenoise")
 denoised, noise = logic.process(volumeNode, modality="CT", variant="unet", device="auto")
 </pre>
-Pass <code>cancelEvent=threading.Event()</code> and set it from another thread to cancel, and
-<code>progressCallback=lambda done, total: ...</code> to follow the slices. See the README for
-batch processing of many files.
+Pass <code>cancelEvent=threading.Event()</code> and set it to cancel,
+<code>progressCallback=lambda percent, total: ...</code> to follow the run, and
+<code>inProcess=True</code> to run the engine in Slicer's own process. See the README for batch
+processing of many files.
 """
         self.parent.acknowledgementText = """
 Implements content-noise complementary learning (Geng M. et al., "Content-Noise Complementary
@@ -58,17 +67,33 @@ noise types and modalities. Built with PyTorch, SimpleITK and the SlicerPyTorch 
 
 @parameterNodeWrapper
 class MedGANDenoiseParameterNode:
+    """Bound to the panel through the widgets' SlicerParameterName. Fixed lists use Choice; the
+    variant and device lists depend on the models and GPUs found at run time, so their combo
+    boxes are not bound: the widget keeps variant and device here in code."""
+
     inputVolume: vtkMRMLScalarVolumeNode
-    modality: str = "Auto"
-    variant: str = "unet"
-    device: str = "auto"
+    modality: Annotated[str, Choice(list(MODALITY_CHOICES))] = "Auto"
     strength: Annotated[float, WithinRange(0.0, 1.0)] = 1.0
     batchSize: Annotated[int, WithinRange(0, 256)] = 0  # 0: automatic (8 on a GPU, 1 on the CPU)
-    sliceAxis: str = "K (slices)"
+    sliceAxis: Annotated[str, Choice(list(SLICE_AXES))] = "K (slices)"
     modelsFolder: Path = Path()
     denoisedVolume: Optional[vtkMRMLScalarVolumeNode] = None
     noiseVolume: Optional[vtkMRMLScalarVolumeNode] = None
     skipNoise: bool = False
+    variant: str = "unet"  # not bound (see above)
+    device: str = "auto"  # not bound (see above)
+
+
+@dataclass
+class DenoiseRun:
+    """A run of the MedGANDenoiseCLI module in flight."""
+
+    cliNode: Any
+    exchange: sceneTools.CliExchange
+    denoisedVolume: Any
+    noiseVolume: Any
+    skipNoise: bool
+    modelId: str
 
 
 class MedGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -78,7 +103,7 @@ class MedGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._run = None  # the background run in flight, if any
+        self._run: Optional[DenoiseRun] = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -87,19 +112,17 @@ class MedGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = MedGANDenoiseLogic()
-
-        self.ui.modalityComboBox.addItems(["Auto", "CT", "MR", "PET", "XRAY", "US"])
-        self.ui.sliceAxisComboBox.addItems(list(SLICE_AXES))
         self.ui.progressBar.hide()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.ui.modalityComboBox.connect("currentTextChanged(QString)", lambda _: self.updateVariants())
-        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda _: self.updateVariants())
-        self.ui.modelsFolderPathLineEdit.connect("currentPathChanged(QString)", lambda _: self.updateVariants())
-        self.timer = qt.QTimer()
-        self.timer.setInterval(100)
-        self.timer.connect("timeout()", self.onPollRun)
+        # These handlers read the widgets, never the parameter node, so they see the new value
+        # whatever the order in which Qt calls them and connectGui's connectors.
+        self.ui.modalityComboBox.connect("currentIndexChanged(int)", self.updateVariants)
+        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateVariants)
+        self.ui.modelsFolderPathLineEdit.connect("currentPathChanged(QString)", self.onModelsFolderChanged)
+        self.ui.variantComboBox.connect("currentIndexChanged(int)", self.onVariantChanged)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self.initializeParameterNode()
         self.updateDevices()
         self.updateVariants()
@@ -107,14 +130,18 @@ class MedGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         self.cancelRun()
         self.removeObservers()
+        self.logic.cleanup()
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        self.updateDevices()  # GPUs appear once PyTorch was installed through the PyTorch extension
+        self.updateVariants()
 
     def exit(self) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButton)
 
     def onSceneStartClose(self, caller, event) -> None:
         self.cancelRun()
@@ -123,13 +150,17 @@ class MedGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
             self.initializeParameterNode()
+            self.updateVariants()
 
     def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
+        parameterNode = self.logic.getParameterNode()
+        if not parameterNode.inputVolume:
             first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if first:
-                self._parameterNode.inputVolume = first
+                parameterNode.inputVolume = first
+        if str(parameterNode.modelsFolder) in ("", ".") and qt.QSettings().value(SETTINGS_MODELS_FOLDER):
+            parameterNode.modelsFolder = Path(qt.QSettings().value(SETTINGS_MODELS_FOLDER))
+        self.setParameterNode(parameterNode)
 
     def setParameterNode(self, inputParameterNode: Optional[MedGANDenoiseParameterNode]) -> None:
         if self._parameterNode:
@@ -149,38 +180,63 @@ class MedGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.text = "Denoise"
         self.ui.applyButton.toolTip = "Denoise the input volume" if ready else "Select an input volume with a model for its modality"
 
+    @staticmethod
+    def _refill(comboBox, items: list[tuple[str, str]], wanted: str) -> None:
+        """Replace the (label, value) items without emitting signals and select `wanted`
+        (else the first item)."""
+        wasBlocked = comboBox.blockSignals(True)
+        comboBox.clear()
+        for label, value in items:
+            comboBox.addItem(label, value)
+        values = [value for _, value in items]
+        comboBox.setCurrentIndex(values.index(wanted) if wanted in values else 0)
+        comboBox.blockSignals(wasBlocked)
+
+    def currentDevice(self) -> str:
+        return self.ui.deviceComboBox.itemData(self.ui.deviceComboBox.currentIndex) or "auto"
+
     def updateDevices(self) -> None:
-        """Auto, CPU and each GPU by name (needs torch; without it only Auto and CPU)."""
-        self.ui.deviceComboBox.clear()
-        devices = [("auto", "Auto"), ("cpu", "CPU")]
-        try:
-            from MedGANDenoiseLib.engine import available_devices
+        """Auto, CPU and each GPU by name; the saved choice is kept (QSettings)."""
+        devices = [(label if deviceId in ("auto", "cpu") else f"{deviceId} ({label})", deviceId) for deviceId, label in self.logic.availableDevices()]
+        wanted = qt.QSettings().value(SETTINGS_DEVICE) or (self._parameterNode.device if self._parameterNode else "auto")
+        self._refill(self.ui.deviceComboBox, devices, wanted)
+        if self._parameterNode:
+            self._parameterNode.device = self.currentDevice()
 
-            devices = available_devices()
-        except ImportError:
-            pass
-        for deviceId, label in devices:  # GPUs by name: "cuda:0 (NVIDIA H100)"; the first word is the device
-            self.ui.deviceComboBox.addItem(deviceId if deviceId in ("auto", "cpu") else f"{deviceId} ({label})")
+    def onDeviceChanged(self, index: int = 0) -> None:
+        if self.ui.deviceComboBox.count:
+            qt.QSettings().setValue(SETTINGS_DEVICE, self.currentDevice())
+            if self._parameterNode:
+                self._parameterNode.device = self.currentDevice()
 
-    def updateVariants(self) -> None:
-        """Offer only the predictor variants that have weights for the chosen modality."""
+    def onVariantChanged(self, index: int = 0) -> None:
+        if self._parameterNode and self.ui.variantComboBox.count:
+            self._parameterNode.variant = self.ui.variantComboBox.currentText
+
+    def onModelsFolderChanged(self, path: str = "") -> None:
+        qt.QSettings().setValue(SETTINGS_MODELS_FOLDER, self.ui.modelsFolderPathLineEdit.currentPath)
+        self.updateVariants()
+
+    def _modelsFolder(self) -> Optional[str]:
+        folder = self.ui.modelsFolderPathLineEdit.currentPath
+        return folder if folder not in ("", ".") else None
+
+    def updateVariants(self, *unused) -> None:
+        """Offer only the predictor variants that have weights for the chosen modality (read
+        from the widgets, so the list follows the selection that was just made)."""
         if not self._parameterNode:
             return
-        self.ui.variantComboBox.clear()
-        modality, reason = self.logic.resolveModality(self._parameterNode.inputVolume, self.ui.modalityComboBox.currentText)
+        modality, reason = self.logic.resolveModality(self.ui.inputVolumeSelector.currentNode(), self.ui.modalityComboBox.currentText)
         try:
             variants = sceneTools.load_registry(self._modelsFolder()).variants_for(modality) if modality else []
         except ValueError as error:
             variants, reason = [], str(error)
-        self.ui.variantComboBox.addItems(variants)
+        self._refill(self.ui.variantComboBox, [(v, v) for v in variants], self._parameterNode.variant)
+        self.onVariantChanged()
         self.ui.statusLabel.text = (f"Modality: {modality} ({reason})" if modality else reason) + (
             "" if variants or not modality else f". No model for {modality}: train one and add its folder under Advanced."
         )
         self.updateButton()
-
-    def _modelsFolder(self) -> Optional[str]:
-        folder = str(self._parameterNode.modelsFolder) if self._parameterNode else ""
-        return folder if folder not in ("", ".") else None
 
     def onApplyButton(self) -> None:
         if self._run is not None:
@@ -188,67 +244,55 @@ class MedGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         with slicer.util.tryWithErrorDisplay("Denoising could not start.", waitCursor=True):
             p = self._parameterNode
-            if not self.logic.ensureTorch():
-                return
-            modality, _ = self.logic.resolveModality(p.inputVolume, p.modality)
-            model = self.logic.loadModel(modality, p.variant, self._modelsFolder())
-            cancel = threading.Event()
-            state = {"done": 0, "total": 1, "result": None, "error": None}
-            # everything MRML is read here, in the main thread; the worker sees only numpy and torch
-            volume = sceneTools.volume_array(p.inputVolume)
-            options = dict(axis=SLICE_AXES.get(p.sliceAxis, 0), batch_size=p.batchSize or None, device=p.device.split()[0],
-                           strength=p.strength, should_cancel=cancel.is_set,
-                           progress=lambda done, total: state.update(done=done, total=total))
-
-            def work() -> None:
-                from MedGANDenoiseLib.engine import denoise_volume
-
-                try:
-                    state["result"] = denoise_volume(volume, model, modality, **options)
-                except Exception as error:  # reported in the main thread
-                    state["error"] = error
-
-            self._run = {"thread": threading.Thread(target=work, daemon=True), "cancel": cancel, "state": state,
-                         "input": p.inputVolume, "denoised": p.denoisedVolume, "noise": p.noiseVolume, "skipNoise": p.skipNoise}
+            self.logic.ensureTorch()
+            modality, reason = self.logic.resolveModality(p.inputVolume, p.modality)
+            run = self.logic.startRun(
+                p.inputVolume, modality=modality, variant=self.ui.variantComboBox.currentText, device=self.currentDevice(),
+                strength=p.strength, batchSize=p.batchSize or None, sliceAxis=SLICE_AXES[p.sliceAxis], modelsFolder=self._modelsFolder(),
+                denoisedVolume=p.denoisedVolume, noiseVolume=p.noiseVolume, skipNoise=p.skipNoise)
+            self._run = run
+            self.addObserver(run.cliNode, vtk.vtkCommand.ModifiedEvent, self.onCliNodeModified)
             self.ui.applyButton.text = "Cancel"
+            self.ui.progressBar.setRange(0, 100)
             self.ui.progressBar.setValue(0)
             self.ui.progressBar.show()
-            self.ui.statusLabel.text = f"Denoising on {p.device} ..."
-            self._run["thread"].start()
-            self.timer.start()
+            self.ui.statusLabel.text = f"Denoising with {run.modelId} ({modality}: {reason}) on {self.currentDevice()} ..."
+            self.ui.detailsTextEdit.setPlainText(f"Input: {p.inputVolume.GetName()}\nModel: {run.modelId}\nRunning in a separate process ...")
 
     def cancelRun(self) -> None:
         if self._run is not None:
-            self._run["cancel"].set()
-            self.ui.statusLabel.text = "Cancelling after the current batch ..."
+            self.logic.cancelRun(self._run)
+            self.ui.statusLabel.text = "Cancelling ..."
 
-    def onPollRun(self) -> None:
+    def onCliNodeModified(self, caller, event) -> None:
         run = self._run
-        state = run["state"]
-        self.ui.progressBar.setMaximum(state["total"])
-        self.ui.progressBar.setValue(state["done"])
-        if run["thread"].is_alive():
+        if run is None or caller is not run.cliNode:
             return
-        self.timer.stop()
+        self.ui.progressBar.setValue(run.cliNode.GetProgress())
+        if run.cliNode.IsBusy():
+            return
+        self.removeObserver(run.cliNode, vtk.vtkCommand.ModifiedEvent, self.onCliNodeModified)
         self._run = None
         self.ui.progressBar.hide()
-        error = state["error"]
-        if error is not None:
+        try:
+            outputs = self.logic.finishRun(run)
+        except Exception as error:
             from MedGANDenoiseLib.engine import DenoiseCancelled
 
-            if isinstance(error, DenoiseCancelled):
-                self.ui.statusLabel.text = "Cancelled: nothing was changed."
-            else:
-                self.ui.statusLabel.text = f"Failed: {error}"
+            cancelled = isinstance(error, DenoiseCancelled)
+            self.ui.statusLabel.text = "Cancelled: nothing was changed." if cancelled else f"Failed: {error}"
+            self.ui.detailsTextEdit.appendPlainText(self.ui.statusLabel.text)
+            if not cancelled:
                 slicer.util.errorDisplay(f"Denoising failed: {error}")
         else:
-            with slicer.util.tryWithErrorDisplay("Could not create the output volumes.", waitCursor=True):
-                outputs = sceneTools.apply_result(slicer.mrmlScene, run["input"], state["result"], denoised_node=run["denoised"],
-                                                  noise_node=run["noise"], skip_noise=run["skipNoise"])
+            if outputs is None:
+                self.ui.statusLabel.text = "The scene was closed during the run: the results were discarded."
+            elif self._parameterNode is not None:
                 self._parameterNode.denoisedVolume = outputs.denoised_node
                 self._parameterNode.noiseVolume = outputs.noise_node
                 slicer.util.setSliceViewerLayers(background=outputs.denoised_node, fit=True)
                 self.ui.statusLabel.text = outputs.summary()
+            self.ui.detailsTextEdit.setPlainText(self.logic.lastReport)
         self.updateButton()
 
 
@@ -257,19 +301,32 @@ class MedGANDenoiseLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        self.sceneGeneration = sceneTools.SceneGeneration(slicer.mrmlScene)
+        self.lastReport = ""
+
+    def cleanup(self) -> None:
+        self.sceneGeneration.close()
 
     def getParameterNode(self) -> MedGANDenoiseParameterNode:
         return MedGANDenoiseParameterNode(super().getParameterNode())
 
-    def ensureTorch(self, askConfirmation: bool = True) -> bool:
-        """torch is imported lazily; when it is missing, offer to install it through the PyTorch
-        extension (which picks the CUDA build matching the driver)."""
-        try:
-            import torch  # noqa: F401
+    @staticmethod
+    def torchInstalled() -> bool:
+        """Whether Slicer's Python (which also runs the CLI) has torch; it is not imported here."""
+        return importlib.util.find_spec("torch") is not None
 
+    def availableDevices(self) -> list[tuple[str, str]]:
+        if not self.torchInstalled():
+            return [("auto", "Auto"), ("cpu", "CPU")]
+        from MedGANDenoiseLib.engine import available_devices
+
+        return available_devices()
+
+    def ensureTorch(self, askConfirmation: bool = True) -> bool:
+        """When torch is missing, offer to install it through the PyTorch extension (which picks
+        the CUDA build matching the driver)."""
+        if self.torchInstalled():
             return True
-        except ImportError:
-            pass
         try:
             import PyTorchUtils
         except ImportError as error:
@@ -295,26 +352,100 @@ class MedGANDenoiseLogic(ScriptedLoadableModuleLogic):
 
         return load_model(sceneTools.load_registry(modelsFolder).find(modality, variant))
 
+    def startRun(self, inputVolume, *, modality: str, variant: str = "unet", device: str = "auto", strength: float = 1.0,
+                 batchSize: Optional[int] = None, sliceAxis: int = 0, modelsFolder: Optional[str] = None, denoisedVolume=None,
+                 noiseVolume=None, skipNoise: bool = False, wait: bool = False) -> DenoiseRun:
+        """Start the MedGANDenoiseCLI module on inputVolume (returns at once unless wait).
+        The outputs are put into the scene by finishRun once the CLI node is no longer busy."""
+        if inputVolume is None:
+            raise ValueError("no input volume given")
+        for output in (denoisedVolume, noiseVolume):
+            if output is not None and output is inputVolume:
+                raise ValueError("an output volume cannot be the input volume: pick another output or 'Create new volume'")
+        if denoisedVolume is not None and denoisedVolume is noiseVolume and not skipNoise:
+            raise ValueError("the denoised and the noise outputs are the same volume: pick two different volumes or 'Create new volume'")
+        card = sceneTools.load_registry(modelsFolder).find(modality, variant)  # a missing model fails here, before any process starts
+        cliModule = getattr(slicer.modules, cli_protocol.CLI_MODULE_NAME.lower(), None)
+        if cliModule is None:
+            raise ValueError(f"the {cli_protocol.CLI_MODULE_NAME} module is not loaded: reinstall the extension (from a checkout, add "
+                             "MedGANDenoise/MedGANDenoiseCLI to the additional module paths), or call process(..., inProcess=True)")
+        exchange = sceneTools.create_exchange(slicer.mrmlScene, inputVolume, skip_noise=skipNoise, generation=self.sceneGeneration.value)
+        parameters = sceneTools.cli_parameters(exchange, modality=card.modality, variant=card.variant, model_id=card.id, device=device,
+                                               strength=strength, batch_size=batchSize, axis=sliceAxis, models_folder=modelsFolder)
+        try:
+            cliNode = slicer.cli.run(cliModule, None, parameters, wait_for_completion=wait, update_display=False)
+        except Exception:
+            sceneTools.remove_exchange(slicer.mrmlScene, exchange)
+            raise
+        return DenoiseRun(cliNode, exchange, denoisedVolume, noiseVolume, skipNoise, card.id)
+
+    def cancelRun(self, run: DenoiseRun) -> None:
+        """Stop the CLI process now (Slicer kills it; it writes no output file)."""
+        run.cliNode.Cancel()
+
+    def finishRun(self, run: DenoiseRun):
+        """The outputs (sceneTools.DenoiseOutputs) of a run whose CLI node is no longer busy, or
+        None when the scene was closed during the run. Raises DenoiseCancelled if it was
+        cancelled and ValueError if it failed; either way the scene is left as it was."""
+        from MedGANDenoiseLib.engine import DenoiseCancelled
+
+        cliNode = run.cliNode
+        try:
+            status = cliNode.GetStatus()
+            if status == cliNode.Cancelled:
+                raise DenoiseCancelled("denoising was cancelled")
+            if status != cliNode.Completed:
+                lines = [line for line in (cliNode.GetErrorText() or "").splitlines() if line.strip()]
+                raise ValueError(lines[-1] if lines else f"the {cli_protocol.CLI_MODULE_NAME} process ended with status {cliNode.GetStatusString()}")
+            report = cli_protocol.decode_report(cliNode.GetParameterAsString(cli_protocol.REPORT_PARAMETER))
+            self.lastReport = cli_protocol.format_report(report)
+            outputs = sceneTools.finish_exchange(slicer.mrmlScene, run.exchange, report, generation=self.sceneGeneration.value,
+                                                 denoised_node=run.denoisedVolume, noise_node=run.noiseVolume, skip_noise=run.skipNoise)
+            if outputs is not None:
+                self.lastReport += "\n" + outputs.summary()
+            return outputs
+        finally:
+            sceneTools.remove_exchange(slicer.mrmlScene, run.exchange)
+            if slicer.mrmlScene.IsNodePresent(cliNode):
+                slicer.mrmlScene.RemoveNode(cliNode)
+
     def process(self, inputVolume, modality: str = "auto", variant: str = "unet", device: str = "auto", strength: float = 1.0,
                 denoisedVolume=None, noiseVolume=None, progressCallback: Optional[Callable[[int, int], None]] = None,
                 cancelEvent: Optional[threading.Event] = None, batchSize: Optional[int] = None, sliceAxis: int = 0,
-                modelsFolder: Optional[str] = None, skipNoise: bool = False):
+                modelsFolder: Optional[str] = None, skipNoise: bool = False, inProcess: bool = False):
         """Denoise inputVolume (blocking) and return (denoisedVolume, noiseVolume).
 
-        Set cancelEvent (a threading.Event) from another thread to stop after the current batch:
-        a DenoiseCancelled exception is raised and the scene is left as it was. Errors are
-        ValueErrors with a message saying what to do.
+        Runs the MedGANDenoiseCLI module in a separate process (inProcess=True: the engine in
+        Slicer's process). progressCallback(percent, 100) follows the run; setting cancelEvent
+        (a threading.Event) stops it: DenoiseCancelled is raised and the scene is left as it
+        was. Errors are ValueErrors with a message saying what to do.
         """
         if inputVolume is None:
             raise ValueError("no input volume given")
         self.ensureTorch()
         resolved, reason = self.resolveModality(inputVolume, modality)
         logging.info(f"MedGANDenoise: modality {resolved} ({reason})")
-        model = self.loadModel(resolved, variant, modelsFolder)
-        outputs = sceneTools.denoise_volume_node(
-            slicer.mrmlScene, inputVolume, model, modality=resolved, denoised_node=denoisedVolume, noise_node=noiseVolume,
-            skip_noise=skipNoise, axis=sliceAxis, batch_size=batchSize, device=device, strength=strength,
-            progress=progressCallback, should_cancel=cancelEvent.is_set if cancelEvent is not None else None)
+        if inProcess:
+            model = self.loadModel(resolved, variant, modelsFolder)
+            outputs = sceneTools.denoise_volume_node(
+                slicer.mrmlScene, inputVolume, model, modality=resolved, denoised_node=denoisedVolume, noise_node=noiseVolume,
+                skip_noise=skipNoise, axis=sliceAxis, batch_size=batchSize, device=device, strength=strength,
+                progress=progressCallback, should_cancel=cancelEvent.is_set if cancelEvent is not None else None)
+        else:
+            blocking = progressCallback is None and cancelEvent is None  # slicer.cli.runSync
+            run = self.startRun(inputVolume, modality=resolved, variant=variant, device=device, strength=strength, batchSize=batchSize,
+                                sliceAxis=sliceAxis, modelsFolder=modelsFolder, denoisedVolume=denoisedVolume, noiseVolume=noiseVolume,
+                                skipNoise=skipNoise, wait=blocking)
+            while run.cliNode.IsBusy():
+                slicer.app.processEvents()
+                if progressCallback is not None:
+                    progressCallback(run.cliNode.GetProgress(), 100)
+                if cancelEvent is not None and cancelEvent.is_set() and run.cliNode.GetStatus() != run.cliNode.Cancelling:
+                    self.cancelRun(run)
+                time.sleep(0.05)
+            outputs = self.finishRun(run)
+            if outputs is None:
+                raise ValueError("the scene was closed during the run: the results were discarded")
         logging.info(outputs.summary())
         return outputs.denoised_node, outputs.noise_node
 
@@ -328,24 +459,22 @@ class MedGANDenoiseTest(ScriptedLoadableModuleTest):
         self.test_denoise_sample_ct()
 
     def test_denoise_sample_ct(self) -> None:
+        """Through the CLI process (the panel's path): geometry kept, input untouched, noise reduced."""
+        logic = MedGANDenoiseLogic()
+        if not logic.torchInstalled():
+            self.skipTest("PyTorch is not installed (install the PyTorch extension)")
         try:
-            import torch  # noqa: F401
-        except ImportError:
-            self.delayDisplay("Skipped: PyTorch is not installed (install the PyTorch extension)")
-            return
+            sceneTools.load_registry().find("CT", "unet")
+        except ValueError as error:
+            self.skipTest(str(error))
         import numpy as np
         import SampleData
 
         from MedGANDenoiseLib.engine import estimate_noise_sigma
 
-        logic = MedGANDenoiseLogic()
-        try:
-            sceneTools.load_registry().find("CT", "unet")
-        except ValueError as error:
-            self.delayDisplay(f"Skipped: {error}")
-            return
         inputVolume = SampleData.downloadSample("CTChest")
         before = slicer.util.arrayFromVolume(inputVolume).copy()
+        nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
         denoised, noise = logic.process(inputVolume, modality="CT", variant="unet")
         after = slicer.util.arrayFromVolume(denoised)
         self.assertEqual(after.shape, before.shape)
@@ -354,4 +483,6 @@ class MedGANDenoiseTest(ScriptedLoadableModuleTest):
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(inputVolume), before)
         self.assertLess(estimate_noise_sigma(after), estimate_noise_sigma(before))
         np.testing.assert_allclose(after + slicer.util.arrayFromVolume(noise), before, atol=1e-2)
+        self.assertIsNone(slicer.mrmlScene.GetFirstNodeByName("MedGANDenoise exchange denoised"))
+        self.assertGreater(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
         self.delayDisplay("MedGANDenoise self-test passed")

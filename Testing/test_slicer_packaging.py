@@ -64,6 +64,8 @@ EXPECTED_CLASSES = {
     "progressBar": "QProgressBar",
     "statusLabel": "QLabel",
     "advancedCollapsibleButton": "ctkCollapsibleButton",
+    "detailsCollapsibleButton": "ctkCollapsibleButton",
+    "detailsTextEdit": "QPlainTextEdit",
 }
 
 
@@ -77,10 +79,11 @@ def test_every_widget_the_code_uses_exists_with_the_expected_class():
         assert widgets[name][0] == cls, f"{name} is a {widgets[name][0]}, expected {cls}"
 
 
-def test_every_parameter_has_a_bound_widget_and_vice_versa():
+def test_every_bound_widget_has_a_parameter():
+    """Slicer's binding rules themselves are checked in test_parameter_binding.py."""
     fields = parameter_fields()
     bound = {props["SlicerParameterName"]: name for name, (_, props) in ui_widgets().items() if "SlicerParameterName" in props}
-    assert set(fields) == set(bound), f"parameters {set(fields) ^ set(bound)} lack a widget or a field"
+    assert set(bound) <= set(fields), f"bound to missing parameters: {set(bound) - set(fields)}"
     assert "vtkMRMLScalarVolumeNode" in fields["inputVolume"]
     assert "WithinRange(0.0, 1.0)" in fields["strength"]
 
@@ -91,6 +94,11 @@ def test_panel_layout_as_users_expect():
     for selector in ("denoisedVolumeSelector", "noiseVolumeSelector"):
         assert widgets[selector][1].get("noneDisplay") == "Create new volume"
     assert "vtkMRMLScalarVolumeNode" in widgets["inputVolumeSelector"][1]["nodeTypes"]
+    # the details/log area: collapsed by default, read-only
+    assert widgets["detailsCollapsibleButton"][1].get("collapsed") == "true"
+    assert widgets["detailsTextEdit"][1].get("readOnly") == "true"
+    details = next(w for w in ET.parse(UI).iter("widget") if w.get("name") == "detailsCollapsibleButton")
+    assert any(w.get("name") == "detailsTextEdit" for w in details.iter("widget"))
 
 
 def test_module_classes_and_metadata():
@@ -116,7 +124,7 @@ def cmake_list(text: str, variable: str) -> list[str]:
 def test_module_cmake_lists_every_file_of_the_module():
     text = (MODULE / "CMakeLists.txt").read_text()
     scripts = set(cmake_list(text, "MODULE_PYTHON_SCRIPTS"))
-    on_disk = {str(p.relative_to(MODULE)) for p in MODULE.rglob("*.py") if "__pycache__" not in p.parts}
+    on_disk = {str(p.relative_to(MODULE)) for p in MODULE.rglob("*.py") if "__pycache__" not in p.parts and "MedGANDenoiseCLI" not in p.parts}
     assert on_disk == scripts, f"missing from CMake: {on_disk - scripts}; listed but absent: {scripts - on_disk}"
     resources = set(cmake_list(text, "MODULE_PYTHON_RESOURCES"))
     resource_files = {str(p.relative_to(MODULE)) for p in (MODULE / "Resources").rglob("*") if p.is_file()}
@@ -125,6 +133,18 @@ def test_module_cmake_lists_every_file_of_the_module():
     assert "MedGANDenoiseLib/models/*.pt" in text.replace("${MODULE_NAME}", "MedGANDenoise")
     assert "MedGANDenoiseLib/models/registry.json" in text.replace("${MODULE_NAME}", "MedGANDenoise")
     assert "WITH_GENERIC_TESTS" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+
+
+def test_scripted_cli_is_built_next_to_the_module():
+    cli = MODULE / "MedGANDenoiseCLI"
+    text = (cli / "CMakeLists.txt").read_text()
+    assert "set(MODULE_NAME MedGANDenoiseCLI)" in text
+    assert re.search(r"SlicerMacroBuildScriptedCLI\(\s*NAME \$\{MODULE_NAME\}\s*\)", text)
+    # the macro installs <NAME>.py and <NAME>.xml; Slicer runs a .py CLI whose first line is a #! line
+    assert (cli / "MedGANDenoiseCLI.py").read_text().startswith("#!/usr/bin/env python-real\n")
+    assert ET.parse(cli / "MedGANDenoiseCLI.xml").getroot().tag == "executable"
+    top = (ROOT / "CMakeLists.txt").read_text()
+    assert top.index("add_subdirectory(MedGANDenoise)") < top.index("add_subdirectory(MedGANDenoise/MedGANDenoiseCLI)")
 
 
 def test_extension_cmake_and_catalog_entry():
@@ -143,6 +163,30 @@ def test_extension_cmake_and_catalog_entry():
     assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.1.json#")
     assert not project.startswith("Slicer")
     assert (ROOT / "LICENSE").is_file()
+    # the index wants the repository named Slicer<Extension>; homepage and picture URLs point into it
+    match = re.fullmatch(rf"https://github\.com/([\w.-]+)/Slicer{project}\.git", entry["scm_url"])
+    assert match, entry["scm_url"]
+    organization = match.group(1)
+    variables = dict(re.findall(r'set\((EXTENSION_\w+) "([^"]*)"\)', text))
+    assert variables["EXTENSION_HOMEPAGE"] == f"https://github.com/{organization}/Slicer{project}"
+    raw = f"https://raw.githubusercontent.com/{organization}/Slicer{project}/{entry['scm_revision']}/"
+    for variable in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        for url in variables[variable].split():
+            assert url.startswith(raw), url
+            picture = ROOT / url[len(raw):]
+            assert picture.is_file(), f"{variable} names {picture}, which does not exist"
+            assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # contributors: "Name (Organization)", comma-separated
+    for contributor in variables["EXTENSION_CONTRIBUTORS"].split(","):
+        assert re.fullmatch(r"[^()]+ \([^()]+\)", contributor.strip()), contributor
+
+
+def test_screenshot_is_a_small_real_picture():
+    picture = ROOT / "Resources" / "Screenshots" / "MedGANDenoise.png"
+    data = picture.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) < 300_000
+    width, height = struct.unpack(">II", data[16:24])
+    assert width >= 600 and height >= 250
 
 
 def test_icons_are_128_pixel_pngs():

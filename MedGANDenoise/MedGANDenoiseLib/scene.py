@@ -16,6 +16,7 @@ import numpy as np
 import vtk
 from vtk.util import numpy_support
 
+from .cli_protocol import CLI_AXES, guess_modality_of_array
 from .engine import DenoiseResult, denoise_volume, estimate_noise_sigma
 from .registry import LoadedModel, ModelRegistry, normalize_modality
 
@@ -54,14 +55,7 @@ def guess_modality(node) -> tuple[str, str]:
                 return normalize_modality(value), f"DICOM modality {value}"
             except ValueError:
                 pass
-    array = volume_array(node)
-    sample = array.reshape(-1)[:: max(1, array.size // 1_000_000)]
-    low, high = float(np.percentile(sample, 0.5)), float(np.percentile(sample, 99.5))
-    if low <= -500:  # air in Hounsfield units; MR and PET are not negative like this
-        return "CT", f"intensities from {low:.0f} to {high:.0f} look like Hounsfield units"
-    if low >= 0 and high <= 50 and np.issubdtype(array.dtype, np.floating):
-        return "PET", f"small non-negative floating-point values (up to {high:.3g}) look like PET uptake"
-    return "MR", f"non-negative intensities up to {high:.0f} without HU air look like MR"
+    return guess_modality_of_array(volume_array(node))
 
 
 @dataclass
@@ -91,6 +85,8 @@ def apply_result(scene, input_node, result: DenoiseResult, *, denoised_node=None
     for node in (denoised_node, noise_node):
         if node is not None and node is input_node:
             raise ValueError("an output volume cannot be the input volume: pick another output or 'Create new volume'")
+    if denoised_node is not None and denoised_node is noise_node and not skip_noise:
+        raise ValueError("the denoised and the noise outputs are the same volume: pick two different volumes or 'Create new volume'")
     created = []
     try:
         name = input_node.GetName()
@@ -121,6 +117,107 @@ def denoise_volume_node(scene, input_node, model: LoadedModel, *, modality: str 
     """Blocking: run the engine, then put the result into the scene."""
     result = run_engine(input_node, model, modality, **engine_kwargs)
     return apply_result(scene, input_node, result, denoised_node=denoised_node, noise_node=noise_node, skip_noise=skip_noise)
+
+
+EXCHANGE_ATTRIBUTE = "MedGANDenoise.Exchange"
+
+
+@dataclass
+class CliExchange:
+    """One run through the scripted CLI. Slicer's CLI logic writes the input node to a file for
+    the CLI and reads the CLI's output files back into the hidden exchange nodes; only a completed
+    run's exchange nodes are copied into the real outputs (see finish_exchange)."""
+
+    input_node: Any
+    denoised: Any
+    noise: Any | None
+    generation: int  # the scene generation at the start (see SceneGeneration)
+
+
+class SceneGeneration:
+    """Counts scene closes (StartCloseEvent and EndCloseEvent), so a run started before a close
+    can tell that its results belong to a scene that is gone."""
+
+    def __init__(self, scene) -> None:
+        self.scene, self.value = scene, 0
+        self._tags = [scene.AddObserver(event, self._bump) for event in (scene.StartCloseEvent, scene.EndCloseEvent)]
+
+    def _bump(self, caller=None, event=None) -> None:
+        self.value += 1
+
+    def close(self) -> None:
+        for tag in self._tags:
+            self.scene.RemoveObserver(tag)
+        self._tags = []
+
+
+def create_exchange(scene, input_node, *, skip_noise: bool = False, generation: int = 0) -> CliExchange:
+    """Hidden volume nodes for the CLI's outputs (not shown in node selectors or the data tree)."""
+    volume_array(input_node)  # refuse an empty or multi-component input before anything runs
+    nodes = []
+    for role in ("denoised",) if skip_noise else ("denoised", "noise"):
+        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(f"MedGANDenoise exchange {role}"))
+        node.SetHideFromEditors(True)
+        node.SetSelectable(False)
+        node.SetSaveWithScene(False)
+        node.SetAttribute(EXCHANGE_ATTRIBUTE, role)
+        nodes.append(node)
+    return CliExchange(input_node, nodes[0], nodes[1] if len(nodes) > 1 else None, generation)
+
+
+def cli_parameters(exchange: CliExchange, *, modality: str, variant: str = "unet", model_id: str = "", device: str = "auto",
+                   strength: float = 1.0, batch_size: int | None = None, axis: int = 0, models_folder: str | Path | None = None) -> dict[str, Any]:
+    """The MedGANDenoiseCLI parameters (names of MedGANDenoiseCLI.xml) for slicer.cli.run."""
+    axes = {v: k for k, v in CLI_AXES.items()}
+    if axis not in axes:
+        raise ValueError(f"slice axis must be 0 (K), 1 (J) or 2 (I), got {axis}")
+    parameters = {
+        "inputVolume": exchange.input_node, "denoisedVolume": exchange.denoised, "modality": str(modality), "variant": str(variant),
+        "modelId": str(model_id or ""), "device": str(device or "auto"), "strength": float(strength), "batchSize": int(batch_size or 0),
+        "sliceAxis": axes[axis], "modelsFolder": str(models_folder or ""),
+    }
+    if exchange.noise is not None:
+        parameters["noiseVolume"] = exchange.noise
+    return parameters
+
+
+def remove_exchange(scene, exchange: CliExchange) -> None:
+    """Remove the exchange nodes with their storage and display nodes (whatever is still there)."""
+    for node in (exchange.denoised, exchange.noise):
+        if node is None or not scene.IsNodePresent(node):
+            continue
+        helpers = [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+        helpers += [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+        scene.RemoveNode(node)
+        for helper in helpers:
+            if helper is not None and scene.IsNodePresent(helper):
+                scene.RemoveNode(helper)
+
+
+def finish_exchange(scene, exchange: CliExchange, report: dict[str, Any], *, generation: int | None = None, denoised_node=None,
+                    noise_node=None, skip_noise: bool = False) -> DenoiseOutputs | None:
+    """Copy a completed CLI run's outputs into the real output nodes (created or updated with the
+    input's geometry, transform, folder and display, as apply_result does) and remove the
+    exchange nodes. Returns None, changing nothing, when the scene was closed during the run
+    (generation differs) or the input is gone."""
+    try:
+        input_node = exchange.input_node
+        if (generation is not None and generation != exchange.generation) or input_node is None or not scene.IsNodePresent(input_node):
+            return None
+        input_array = volume_array(input_node)
+        try:
+            denoised = volume_array(exchange.denoised)
+        except ValueError:
+            raise ValueError("the CLI finished without a denoised volume: see its output in the Error Log") from None
+        if denoised.shape != input_array.shape:
+            raise ValueError(f"the CLI's denoised volume has shape {denoised.shape}, the input {input_array.shape}")
+        denoised = np.array(denoised, dtype=np.float32)  # copies: the exchange nodes are removed below
+        noise = np.array(volume_array(exchange.noise), dtype=np.float32) if exchange.noise is not None else input_array - denoised
+        result = DenoiseResult(denoised, noise, str(report.get("device", "?")), float(report.get("seconds", 0.0)),
+                               int(report.get("batch_size", 0)), list(report.get("warnings", [])))
+        return apply_result(scene, input_node, result, denoised_node=denoised_node, noise_node=noise_node, skip_noise=skip_noise)
+    finally:
+        remove_exchange(scene, exchange)
 
 
 def _fill(node, reference, array: np.ndarray) -> None:

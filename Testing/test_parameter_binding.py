@@ -1,0 +1,203 @@
+"""The panel's parameter binding follows the rules of Slicer's parameterNodeWrapper.
+
+`connectGui` binds every widget that has a `SlicerParameterName` property to the parameter node
+field of that name through the first GUI connector whose `canRepresent(widget, datatype)` is
+true, and raises when none is, or when the connector refuses (a combo box bound to a plain `str`
+without `Choice`, an unbounded number on a slider). It raises inside `setup()`, so the panel
+never opens. Slicer's Qt is not importable here: MedGANDenoise.py is read with `ast` and the
+.ui with ElementTree, and the rules below are those of Slicer's own source.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE = ROOT / "MedGANDenoise" / "MedGANDenoise.py"
+UI = ROOT / "MedGANDenoise" / "Resources" / "UI" / "MedGANDenoise.ui"
+
+# Widget class -> value types a GUI connector accepts, from the canRepresent methods in
+# Base/Python/slicer/parameterNodeWrapper/guiConnectors.py of Slicer v5.8.0 (the module must
+# also run there; v5.10.0 adds ctkCheckablePushButton -> bool, ctkColorPickerButton -> QColor
+# and int on the double spin boxes/sliders). The check is on the exact class (type(widget) in ...).
+# "node": a vtkMRMLNode subclass or a Union/Optional of them; "enum": an enum.Enum subclass.
+CONNECTORS_V5_8 = {
+    "QCheckBox": {"bool"}, "ctkCheckBox": {"bool"},  # QCheckBoxToBoolConnector
+    "QPushButton": {"bool"},  # QCheckablePushButtonToBoolConnector
+    "QSlider": {"int"}, "QSpinBox": {"int"},  # QSliderOrSpinBoxToIntConnector
+    **{cls: {"float"} for cls in ("QDoubleSpinBox", "ctkSliderWidget", "qMRMLSliderWidget", "ctkDoubleSlider",
+                                  "ctkDoubleSpinBox", "qMRMLSpinBox")},  # QDoubleSpinBoxCtkSliderWidgetToFloatConnector
+    "QComboBox": {"int", "float", "str", "bool", "enum"},  # QComboBoxToStringableConnector (needs Choice), QComboBoxToEnumConnector
+    "ctkComboBox": {"int", "float", "str", "bool", "enum"},
+    "QLineEdit": {"str"}, "QLabel": {"str"}, "QTextEdit": {"str"},  # QLineEdit/QLabel/QTextEditPlainText ToStr
+    **{cls: {"FloatRange"} for cls in ("ctkRangeWidget", "ctkDoubleRangeSlider", "qMRMLRangeWidget")},
+    "ctkPathLineEdit": {"Path"}, "ctkDirectoryButton": {"Path"},  # ...ToPathConnector (pathlib types)
+    "qMRMLNodeComboBox": {"node"},  # qMRMLNodeComboBoxToNodeConnector
+}
+NEEDS_CHOICE = {"QComboBox", "ctkComboBox"}  # for int, float, str, bool: "requires the Choice annotation"
+NEEDS_BOUNDS = {"ctkSliderWidget", "qMRMLSliderWidget", "QSlider"}  # "where the float types is unbounded" / unbounded QSlider
+PATH_TYPES = {"Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath"}
+COMBO_FILLING_CALLS = {"addItem", "addItems", "clear", "insertItem", "insertItems", "removeItem"}
+
+
+def field_kind(annotation: ast.expr) -> tuple[str, list[str]]:
+    """(kind, names of validator annotations) of a parameter node field's annotation."""
+    validators: list[str] = []
+    node = annotation
+    while isinstance(node, ast.Subscript) and ast.unparse(node.value) in ("Annotated", "typing.Annotated", "Optional", "typing.Optional"):
+        elements = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        if ast.unparse(node.value).endswith("Annotated"):
+            validators += [ast.unparse(e.func) if isinstance(e, ast.Call) else ast.unparse(e) for e in elements[1:]]
+        node = elements[0]
+    name = ast.unparse(node).split(".")[-1]
+    if name.startswith("vtkMRML"):
+        return "node", validators
+    if name in PATH_TYPES:
+        return "Path", validators
+    return name, validators
+
+
+def parameter_fields(tree: ast.Module) -> dict[str, tuple[str, list[str], ast.AnnAssign]]:
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and any("parameterNodeWrapper" in ast.unparse(d) for d in node.decorator_list):
+            return {s.target.id: (*field_kind(s.annotation), s) for s in node.body if isinstance(s, ast.AnnAssign)}
+    raise AssertionError("no @parameterNodeWrapper class in the module")
+
+
+def bound_widgets(ui_text: str) -> dict[str, tuple[str, str]]:
+    """parameter name -> (widget name, widget class) for every widget with SlicerParameterName."""
+    bound = {}
+    for widget in ET.fromstring(ui_text).iter("widget"):
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound["".join(prop.itertext()).strip()] = (widget.get("name"), widget.get("class"))
+    return bound
+
+
+def widgets_filled_by_code(tree: ast.Module) -> set[str]:
+    """Names X of self.ui.X whose items the code sets (addItem(s)/clear/... on self.ui.X, or
+    self.ui.X passed to a helper that calls them on that argument)."""
+    fillers: dict[str, set[int]] = {}  # helper name -> positions (in a call) of the arguments it fills
+    for function in ast.walk(tree):
+        if isinstance(function, ast.FunctionDef):
+            names = [a.arg for a in function.args.args]
+            offset = 1 if names[:1] == ["self"] else 0
+            for node in ast.walk(function):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in COMBO_FILLING_CALLS \
+                        and isinstance(node.func.value, ast.Name) and node.func.value.id in names:
+                    fillers.setdefault(function.name, set()).add(names.index(node.func.value.id) - offset)
+    filled = set()
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        targets = [node.func.value] if node.func.attr in COMBO_FILLING_CALLS else \
+            [node.args[i] for i in fillers.get(node.func.attr, ()) if 0 <= i < len(node.args)]
+        filled |= {t.attr for t in targets if isinstance(t, ast.Attribute) and ast.unparse(t).startswith("self.ui.")}
+    return filled
+
+
+def binding_problems(source_text: str, ui_text: str) -> list[str]:
+    """Everything Slicer's connectGui would refuse, or bind wrongly, for this module and .ui."""
+    tree = ast.parse(source_text)
+    fields = parameter_fields(tree)
+    filled = widgets_filled_by_code(tree)
+    problems = []
+    for parameter, (widget, cls) in bound_widgets(ui_text).items():
+        if parameter not in fields:
+            problems.append(f"{widget} is bound to '{parameter}', which the parameter node lacks")
+            continue
+        kind, validators, _ = fields[parameter]
+        if kind not in CONNECTORS_V5_8.get(cls, set()):
+            problems.append(f"{widget}: Slicer has no GUI connector from a {cls} to {kind} ('{parameter}')")
+            continue
+        if cls in NEEDS_CHOICE and kind in ("int", "float", "str", "bool") and "Choice" not in validators:
+            problems.append(f"{widget}: a {cls} bound to {kind} '{parameter}' needs Choice (QComboBoxToStringableConnector raises)")
+        if cls in NEEDS_BOUNDS and not ({"WithinRange"} & set(validators) or {"Minimum", "Maximum"} <= set(validators)):
+            problems.append(f"{widget}: a {cls} bound to '{parameter}' needs WithinRange")
+        if widget in filled:
+            problems.append(f"{widget} is bound to '{parameter}' but the code fills its items: bound lists must be fixed (Choice)")
+    return problems
+
+
+def test_the_modules_binding_follows_slicers_rules():
+    assert binding_problems(SOURCE.read_text(), UI.read_text()) == []
+
+
+def test_every_bound_name_exists_on_both_sides_and_runtime_lists_stay_unbound():
+    tree = ast.parse(SOURCE.read_text())
+    fields = parameter_fields(tree)
+    bound = bound_widgets(UI.read_text())
+    assert set(bound) <= set(fields)
+    # fields without a widget are kept in code on purpose: only the run-time lists
+    assert set(fields) - set(bound) == {"variant", "device"}
+    names = {widget for widget, _ in bound.values()}
+    assert not {"variantComboBox", "deviceComboBox"} & names
+    assert {"variantComboBox", "deviceComboBox"} <= widgets_filled_by_code(tree)
+    for parameter in ("modality", "sliceAxis"):
+        kind, validators, _ = fields[parameter]
+        assert kind == "str" and "Choice" in validators
+
+
+def test_choice_defaults_are_among_the_choices():
+    """A default outside Choice fails validation when the parameter node is first written."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "MedGANDenoise"))
+    from MedGANDenoiseLib.cli_protocol import MODALITY_CHOICES, SLICE_AXES
+
+    fields = parameter_fields(ast.parse(SOURCE.read_text()))
+    choices = {"modality": MODALITY_CHOICES, "sliceAxis": tuple(SLICE_AXES)}
+    for parameter, allowed in choices.items():
+        statement = fields[parameter][2]
+        assert ast.unparse(statement.annotation).count("Choice(list(") == 1
+        assert ast.literal_eval(statement.value) in allowed
+
+
+OLD_STYLE_SOURCE = '''
+@parameterNodeWrapper
+class P:
+    inputVolume: vtkMRMLScalarVolumeNode
+    modality: str = "Auto"
+    strength: float = 1.0
+    notes: str = ""
+
+class W:
+    def setup(self):
+        self.ui.modalityComboBox.addItems(["Auto", "CT"])
+'''
+OLD_STYLE_UI = '''<ui><widget class="qMRMLWidget" name="W">
+<widget class="QComboBox" name="modalityComboBox"><property name="SlicerParameterName"><string>modality</string></property></widget>
+<widget class="ctkSliderWidget" name="strengthSlider"><property name="SlicerParameterName"><string>strength</string></property></widget>
+<widget class="QPlainTextEdit" name="notesEdit"><property name="SlicerParameterName"><string>notes</string></property></widget>
+<widget class="QSpinBox" name="batchSpinBox"><property name="SlicerParameterName"><string>batchSize</string></property></widget>
+<widget class="qMRMLNodeComboBox" name="inputSelector"><property name="SlicerParameterName"><string>inputVolume</string></property></widget>
+</widget></ui>'''
+
+
+def test_the_checker_flags_each_kind_of_refused_binding():
+    problems = "\n".join(binding_problems(OLD_STYLE_SOURCE, OLD_STYLE_UI))
+    assert "modalityComboBox: a QComboBox bound to str 'modality' needs Choice" in problems
+    assert "modalityComboBox is bound to 'modality' but the code fills its items" in problems
+    assert "strengthSlider: a ctkSliderWidget bound to 'strength' needs WithinRange" in problems
+    assert "no GUI connector from a QPlainTextEdit to str" in problems
+    assert "bound to 'batchSize', which the parameter node lacks" in problems
+    assert "inputSelector" not in problems
+
+
+def test_the_checker_refuses_the_binding_of_the_previous_release():
+    """The module and .ui of commit c3cbe49 (before issue 9) raised in connectGui inside Slicer."""
+    def show(path: str) -> str:
+        return subprocess.run(["git", "show", f"c3cbe49:{path}"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+    try:
+        source, ui = show("MedGANDenoise/MedGANDenoise.py"), show("MedGANDenoise/Resources/UI/MedGANDenoise.ui")
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("git history with commit c3cbe49 is not available")
+    problems = binding_problems(source, ui)
+    for widget in ("modalityComboBox", "variantComboBox", "deviceComboBox", "sliceAxisComboBox"):
+        assert any(p.startswith(f"{widget}: a QComboBox bound to str") for p in problems), widget
