@@ -15,9 +15,11 @@ keeps its mode).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import struct
+import sys
 import tempfile
 import zlib
 from pathlib import Path
@@ -46,6 +48,25 @@ def quiet_library_warnings() -> None:
     """Keep SimpleITK/ITK warnings (e.g. "No Series were found") off the terminal: the tool says
     what went wrong in its own words."""
     sitk.ProcessObject_SetGlobalWarningDisplay(False)
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Keep what ITK's NIfTI and MetaImage code print straight to file descriptor 2 (e.g.
+    "** ERROR: NWAD: wrote only ... bytes") off the terminal; the caller reports the failure."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _last_line(error: BaseException) -> str:
@@ -299,9 +320,10 @@ class StagedFile:
 def _verify(temporary: str, image: sitk.Image, pixels: np.ndarray, path: Path) -> None:
     try:
         check_complete(temporary)
-        back = sitk.ReadImage(temporary)
+        with native_stderr_silenced():
+            back = sitk.ReadImage(temporary)
     except (RuntimeError, ValueError) as error:
-        raise ValueError(f"writing {path} failed (the file read back is damaged: {_last_line(error)}); is the disk full?") from error
+        raise ValueError(f"writing {path} failed: the file read back is incomplete or damaged; is the disk full?") from error
     same = (
         back.GetSize() == image.GetSize()
         and np.allclose(back.GetSpacing(), image.GetSpacing(), rtol=1e-5, atol=1e-6)
@@ -335,7 +357,8 @@ def stage_like(array: np.ndarray, reference: sitk.Image, path: str | Path) -> St
     try:
         os.chmod(temporary, creation_mode(path))
         try:
-            sitk.WriteImage(image, temporary, True)
+            with native_stderr_silenced():
+                sitk.WriteImage(image, temporary, True)
         except RuntimeError as error:
             raise ValueError(f"writing {path} failed: {_last_line(error)}") from error
         _verify(temporary, image, pixels, path)
