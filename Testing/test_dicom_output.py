@@ -135,3 +135,14 @@ def test_single_dicom_file_gives_a_one_image_series(tmp_path, models, capsys):
     assert cli.main([str(single), "-o", str(out), "--output-format", "dicom", "--modality", "CT", "--models-dir", str(models), "--quiet"]) == 0
     (derived,) = datasets(out)
     assert derived.SourceImageSequence[0].ReferencedSOPInstanceUID == pydicom.dcmread(single).SOPInstanceUID
+
+
+def test_disk_full_while_writing_a_dicom_series_leaves_nothing(tmp_path, models):
+    from test_hostile_inputs import cli_process, one_line
+
+    series = source_series(tmp_path / "series", (6, 64, 64))
+    out = tmp_path / "out"
+    out.mkdir()
+    result = cli_process([str(series), "-o", str(out / "den"), "--output-format", "dicom", "--modality", "CT"], models, limit=6000)
+    assert result.returncode == 2 and one_line(result.stderr) and "failed" in result.stderr, result.stderr
+    assert list(out.iterdir()) == []

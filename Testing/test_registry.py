@@ -133,3 +133,28 @@ def test_modality_names_and_aliases():
     assert normalize_modality("mri") == "MR" and normalize_modality("pt") == "PET" and normalize_modality(" ct ") == "CT"
     with pytest.raises(ValueError, match="choose one of CT, MR, PET, XRAY, US"):
         normalize_modality("SPECT")
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[]", "must hold an object"),
+    ('{"models": [42]}', "must be an object"),
+    ('{"models": [{"id": "x"}]}', "lacks"),
+])
+def test_a_broken_registry_names_its_file_and_a_broken_user_folder_is_skipped(tmp_path, monkeypatch, content, message):
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "registry.json").write_text(content)
+    with pytest.raises(ValueError, match=message) as info:
+        ModelRegistry.from_folders([user])
+    assert str(user / "registry.json") in str(info.value) or "lacks" in message
+    monkeypatch.setenv("MEDGAN_DENOISE_MODELS", str(user))
+    registry = ModelRegistry.default([write_tiny_model(tmp_path / "mine")])
+    assert [c.id for c in registry.models()][0] == "tiny-ct" and len(registry.problems) == 1
+    assert registry.problems[0].startswith(f"ignored your models folder {user}")
+
+
+def test_a_misspelled_architecture_key_is_a_clear_error(tiny_model_dir):
+    edit_registry(tiny_model_dir, architecture={"variant": "unet", "predicter": {"base_width": 4, "depth": 2}})
+    with pytest.raises(ValueError, match="has an invalid architecture .*predicter") as info:
+        load_model(ModelRegistry.from_folders([tiny_model_dir]).get("tiny-ct"))
+    assert str(tiny_model_dir / "registry.json") in str(info.value)
