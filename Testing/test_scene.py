@@ -159,3 +159,17 @@ def test_a_volume_without_voxels_is_refused(scene, tiny_model):
     empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
     with pytest.raises(ValueError, match="has no voxels"):
         mrml.denoise_volume_node(scene, empty, tiny_model, modality="CT")
+
+
+def test_the_same_node_as_denoised_and_noise_output_is_refused(scene, tiny_model):
+    node, array = make_volume(scene)
+    target = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "target")
+    before = node_names(scene)
+    with pytest.raises(ValueError, match="the denoised and the noise outputs are the same volume"):
+        mrml.denoise_volume_node(scene, node, tiny_model, modality="CT", device="cpu", denoised_node=target, noise_node=target)
+    assert node_names(scene) == before and target.GetImageData() is None
+    # with the noise skipped, the one node only receives the denoised volume
+    outputs = mrml.denoise_volume_node(scene, node, tiny_model, modality="CT", device="cpu", denoised_node=target,
+                                       noise_node=target, skip_noise=True)
+    assert outputs.denoised_node is target and outputs.noise_node is None
+    np.testing.assert_allclose(mrml.volume_array(target), outputs.result.denoised, atol=1e-5)
