@@ -200,7 +200,11 @@ def check_complete(path: str | Path) -> None:
     name = path.name.lower()
     if not name.endswith(NIFTI_SUFFIXES):
         return
-    compressed = name.endswith(".gz")
+    try:
+        with open(path, "rb") as stream:
+            compressed = stream.read(2) == b"\x1f\x8b"  # a .nii.gz may hold an uncompressed NIfTI
+    except OSError as error:
+        raise ValueError(f"cannot read {path}: {error.strerror or error}") from error
     size, header = 0, b""
     try:
         if compressed:
