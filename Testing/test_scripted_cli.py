@@ -41,6 +41,15 @@ OBLIQUE_IJK_TO_RAS = np.array([
     [0.0, 0.0, 2.5, 12.0],
     [0.0, 0.0, 0.0, 1.0],
 ])
+# The element names ModuleDescriptionParser handles (SlicerExecutionModel,
+# ModuleDescriptionParser/ModuleDescriptionParser.cxx, commit 6e16762): others are ignored silently.
+PARSER_ELEMENTS = {
+    "executable", "category", "index", "title", "description", "version", "documentation-url", "license", "contributor",
+    "acknowledgements", "location", "parameters", "label", "name", "flag", "longflag", "default", "channel", "constraints",
+    "minimum", "maximum", "step", "element", "reference", "integer", "float", "double", "boolean", "string", "integer-vector",
+    "float-vector", "double-vector", "string-vector", "integer-enumeration", "float-enumeration", "double-enumeration",
+    "string-enumeration", "file", "directory", "image", "geometry", "transform", "point", "pointfile", "region", "table", "measurement",
+}
 SIMPLE_TAGS = {"integer", "float", "double", "boolean", "string", "integer-vector", "float-vector", "double-vector",
                "string-vector", "integer-enumeration", "float-enumeration", "double-enumeration", "string-enumeration",
                "file", "directory", "image", "geometry", "transform", "point", "pointfile", "region", "table", "measurement"}
@@ -80,6 +89,10 @@ def run_cli(*arguments: str | Path, timeout: float = 300) -> subprocess.Complete
 def test_xml_follows_slicers_module_description_format():
     root = ET.parse(XML).getroot()
     assert root.tag == "executable"
+    unknown = {element.tag for element in root.iter()} - PARSER_ELEMENTS
+    assert not unknown, f"elements Slicer's parser ignores: {unknown} (fileExtensions, reference, hidden are attributes)"
+    for image in root.iter("image"):
+        assert image.get("fileExtensions") == ".nrrd"  # the temporary files Slicer writes and reads back
     for tag in ("category", "title", "description", "version", "contributor"):
         assert (root.findtext(tag) or "").strip(), f"<{tag}> missing"
     assert root.findtext("category") == "Filtering.Denoising"
