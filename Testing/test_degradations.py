@@ -12,7 +12,10 @@ from medgan_training.degradations import (
     add_speckle_noise,
     make_degradation,
     parse_spec,
+    reconstruction_window,
+    simulate_ct_noise,
     simulate_low_dose_ct,
+    soft_tissue_noise_hu,
     thin_pet_counts,
     undersample_kspace,
 )
@@ -23,6 +26,55 @@ def water_disc(size: int = 96) -> np.ndarray:
     image = np.full((size, size), -1000.0, dtype=np.float32)
     image[np.hypot(yy, xx) < size * 0.4] = 0.0
     return image
+
+
+def body_phantom(size: int = 128) -> np.ndarray:
+    """An elliptical water body with a denser (bone-like) ring and a fat layer, in air."""
+    yy, xx = (np.mgrid[:size, :size] - size / 2) / size
+    image = np.full((size, size), -1000.0, dtype=np.float32)
+    body = (xx / 0.45) ** 2 + (yy / 0.3) ** 2 < 1
+    image[body] = -100.0
+    image[(xx / 0.4) ** 2 + (yy / 0.26) ** 2 < 1] = 40.0
+    image[np.abs(np.hypot(xx - 0.2, yy) - 0.05) < 0.015] = 900.0
+    return image
+
+
+@pytest.mark.parametrize("kernel", ["ramp", "shepp-logan", "cosine", "hann", "sharp"])
+def test_ct_noise_is_calibrated_in_hu_in_soft_tissue_and_keeps_the_mean(kernel):
+    phantom = body_phantom()
+    rng = np.random.default_rng(0)
+    for target in (10.0, 60.0):
+        noisy = simulate_ct_noise(phantom, target, kernel=kernel, rng=rng, num_views=96)
+        assert soft_tissue_noise_hu(noisy, phantom) == pytest.approx(target, rel=1e-3)
+        tissue = (phantom > -150) & (phantom < 250)
+        assert abs(float((noisy - phantom)[tissue].mean())) < 0.15 * target, "noise only: the mean HU is kept"
+
+
+def test_ct_noise_texture_follows_the_kernel_and_is_stronger_at_the_body_centre():
+    phantom = body_phantom(160)
+    rng = np.random.default_rng(1)
+    high_frequency_share = {}
+    for kernel in ("hann", "ramp"):
+        noise = simulate_ct_noise(phantom, 30.0, kernel=kernel, rng=rng, num_views=128) - phantom
+        power = np.abs(np.fft.fft2(noise[60:100, 40:120])) ** 2
+        f = np.hypot(*np.meshgrid(np.fft.fftfreq(40), np.fft.fftfreq(80), indexing="ij"))
+        high_frequency_share[kernel] = power[f > 0.3].sum() / power.sum()
+    assert high_frequency_share["ramp"] > 2 * high_frequency_share["hann"], "a sharp kernel gives finer-grained noise"
+    # quantum noise variance grows with the attenuation of the paths through a pixel
+    noise = np.stack([simulate_ct_noise(phantom, 30.0, kernel="hann", rng=rng, num_views=128) - phantom for _ in range(4)])
+    centre, edge = noise[:, 75:85, 75:85].std(), noise[:, 75:85, 25:35].std()
+    assert centre > 1.1 * edge
+
+
+def test_reconstruction_windows_start_at_one_and_refuse_unknown_kernels():
+    f = np.linspace(0, 0.5, 11)
+    for kernel in ("ramp", "shepp-logan", "cosine", "hann"):
+        window = reconstruction_window(kernel, f)
+        assert window[0] == pytest.approx(1.0) and np.all(np.diff(window) <= 1e-12)
+    assert reconstruction_window("hann", f, cutoff=0.5)[-1] == 0.0
+    with pytest.raises(ValueError, match="unknown reconstruction kernel"):
+        reconstruction_window("b30f", f)
+    assert make_degradation("ct_noise:hu=20,kernel=sharp")(body_phantom(64), np.random.default_rng(0)).shape == (64, 64)
 
 
 def test_low_dose_ct_noise_grows_as_one_over_root_dose_and_keeps_the_mean():
@@ -93,7 +145,7 @@ def test_specs_draw_within_their_ranges_and_reject_unknown_names():
     flat = np.full((100, 100), 1000.0, dtype=np.float32)
     stds = [(degrade(flat, np.random.default_rng(s)) - flat).std() / 1000 for s in range(20)]
     assert 0.009 < min(stds) and max(stds) < 0.052 and max(stds) - min(stds) > 0.01
-    with pytest.raises(ValueError, match="valid kinds: ct_low_dose"):
+    with pytest.raises(ValueError, match="valid kinds: ct_noise, ct_low_dose"):
         make_degradation("blur:radius=2")
     with pytest.raises(ValueError, match="has no parameter 'dose'"):
         make_degradation("gaussian:dose=0.1")

@@ -276,7 +276,8 @@ def write_model(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     weights_path = folder / f"{model_id}.pt"
-    state = {k: v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
+    state = generator if isinstance(generator, dict) else generator.state_dict()  # a module or its state dict
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as tmp:
         torch.save(state, tmp)
     os.replace(tmp.name, weights_path)

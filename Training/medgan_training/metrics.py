@@ -72,3 +72,27 @@ def format_summary(summary: dict[str, float], window: Window | None = None, unit
     if window is not None:
         text += f" (window {window.label(unit)}, {int(summary['slices'])} slices)"
     return text
+
+
+def noise_power_spectrum(noise: np.ndarray, clean: np.ndarray, roi: int = 32, bins: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Radially averaged noise power spectrum of `noise` over the roi x roi squares that lie
+    mostly (90 %) in soft tissue (-150..250 HU in `clean`), each with its mean removed. Returns (frequency in
+    cycles/pixel at the bin centres, power in HU^2 pixel^2), so simulated and real noise compare."""
+    tissue = (clean > -150) & (clean < 250)
+    spectra = []
+    for top in range(0, noise.shape[0] - roi + 1, roi // 2):
+        for left in range(0, noise.shape[1] - roi + 1, roi // 2):
+            if tissue[top : top + roi, left : left + roi].mean() >= 0.9:
+                patch = noise[top : top + roi, left : left + roi].astype(np.float64)
+                spectra.append(np.abs(np.fft.fft2(patch - patch.mean())) ** 2 / roi**2)
+    if not spectra:
+        raise ValueError(f"no {roi} x {roi} square lies in soft tissue: use a smaller roi")
+    power = np.mean(spectra, axis=0)
+    fy, fx = np.meshgrid(np.fft.fftfreq(roi), np.fft.fftfreq(roi), indexing="ij")
+    radius = np.hypot(fy, fx).ravel()
+    edges = np.linspace(0.0, 0.5, bins + 1)
+    which = np.digitize(radius, edges) - 1
+    valid = (which >= 0) & (which < bins)
+    totals = np.bincount(which[valid], weights=power.ravel()[valid], minlength=bins)
+    counts = np.bincount(which[valid], minlength=bins)
+    return 0.5 * (edges[:-1] + edges[1:]), totals / np.maximum(counts, 1)
