@@ -103,6 +103,34 @@ def test_simulated_pairs_do_not_depend_on_the_number_of_workers():
     assert all(np.array_equal(a, b) for a, b in zip(one, two))
 
 
+class CountingDegradation:
+    """Adds noise and counts its calls (in-process, workers=1)."""
+
+    spec = "counting:sigma=0.1"
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, image, rng, pixel_size_mm=1.0):
+        self.calls += 1
+        return image + rng.normal(0, 0.1, image.shape).astype(np.float32)
+
+
+def test_simulated_pairs_are_cached_and_read_back_only_for_the_same_inputs(tmp_path):
+    clean = [np.random.default_rng(i).normal(0, 1, (16, 16)).astype(np.float32) for i in range(3)]
+    degrade = CountingDegradation()
+    first = simulate_pairs(clean, degrade, 2, seed=1, pixel_size_mm=0.7, cache_dir=tmp_path)
+    assert degrade.calls == 6 and len(list(tmp_path.glob("simulated-*.npy"))) == 1
+    again = simulate_pairs(clean, degrade, 2, seed=1, pixel_size_mm=0.7, cache_dir=tmp_path)
+    assert degrade.calls == 6, "read from the cache, not simulated again"
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    simulate_pairs(clean, degrade, 2, seed=2, pixel_size_mm=0.7, cache_dir=tmp_path)
+    changed = [c + 1 for c in clean]
+    simulate_pairs(changed, degrade, 2, seed=1, pixel_size_mm=0.7, cache_dir=tmp_path)
+    assert degrade.calls == 18, "another seed or other slices are simulated anew"
+    assert len(list(tmp_path.glob("simulated-*.npy"))) == 3
+
+
 # ------------------------------------------------------------ data fetcher, no network
 def make_inv3(path: Path, array: np.ndarray, spacing) -> Path:
     main = plistlib.dumps({"matrix": {"dtype": "int16", "filename": "matrix.dat", "shape": list(array.shape)},

@@ -1,4 +1,5 @@
-"""The denoising engine and the intensity normalisation (with an untrained tiny model: plumbing only)."""
+"""The denoising engine and the intensity normalisation: plumbing with an untrained tiny model, precision
+and tiling with the shipped CT model."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from MedGANDenoiseLib import engine
 from MedGANDenoiseLib.engine import (
     DenoiseCancelled,
     available_devices,
@@ -15,6 +17,7 @@ from MedGANDenoiseLib.engine import (
     validate_volume,
 )
 from MedGANDenoiseLib.normalization import Normalizer
+from MedGANDenoiseLib.registry import ModelRegistry, load_model
 
 
 def ct_volume(shape=(6, 20, 28), dtype=np.int16, seed=0) -> np.ndarray:
@@ -161,3 +164,98 @@ def test_automatic_batch_size_is_one_slice_on_the_cpu(tiny_model):
     calls = []
     result = denoise_volume(ct_volume((4, 12, 12)), tiny_model, "CT", device="cpu", progress=lambda d, t: calls.append(d))
     assert result.batch_size == 1 and calls == [1, 2, 3, 4]
+
+
+# ---------------------------------------------------------------- precision, tiles, padding, the caller's model
+def shipped_default_ct_model():
+    registry = ModelRegistry.default()
+    return load_model(registry.find("CT", registry.variants_for("CT")[0]))
+
+
+def body_slice(size: int = 256, seed: int = 0) -> np.ndarray:
+    yy, xx = (np.mgrid[:size, :size] - size / 2) / size
+    image = np.full((size, size), -1000.0, dtype=np.float32)
+    image[(xx / 0.45) ** 2 + (yy / 0.33) ** 2 < 1] = -90.0
+    image[(xx / 0.41) ** 2 + (yy / 0.29) ** 2 < 1] = 40.0
+    image[np.abs(np.hypot(xx, yy + 0.15) - 0.05) < 0.012] = 700.0
+    return image + np.random.default_rng(seed).normal(0, 25, image.shape).astype(np.float32)
+
+
+def test_reduced_precision_agrees_with_float32_within_half_a_hounsfield_unit():
+    model = shipped_default_ct_model()
+    assert model.generator.residual_content, "the shipped CT model predicts small corrections in both branches"
+    volume = np.stack([body_slice(seed=s) for s in range(2)])
+    exact = denoise_volume(volume, model, "CT", device="cpu", precision="fp32")
+    reduced = denoise_volume(volume, model, "CT", device="cpu", precision="bf16")
+    assert exact.precision == "fp32" and reduced.precision == "bf16"
+    assert np.abs(reduced.denoised - exact.denoised).max() < 0.5
+    assert np.abs(exact.denoised - volume).mean() > 5, "the model does change the image"
+
+
+def test_absolute_content_models_run_in_float32_by_default(tiny_model):
+    assert not tiny_model.generator.residual_content
+    assert denoise_volume(ct_volume(), tiny_model, "CT", device="cpu").precision == "fp32"
+    with pytest.raises(ValueError, match="unknown precision"):
+        denoise_volume(ct_volume(), tiny_model, "CT", device="cpu", precision="int8")
+
+
+def test_tiled_slices_match_the_whole_slice_away_from_the_borders(monkeypatch):
+    model = shipped_default_ct_model()
+    image = body_slice(320, seed=3)
+    whole = denoise_volume(image, model, "CT", device="cpu", precision="fp32").denoised
+    monkeypatch.setattr(engine, "MAX_PIXELS_PER_PASS", 128 * 128)
+    monkeypatch.setattr(engine, "TILE_SIZE", 160)
+    monkeypatch.setattr(engine, "TILE_OVERLAP", 64)
+    assert engine.tile_starts(320, 160, 64) == [0, 96, 160]
+    tiled = denoise_volume(image, model, "CT", device="cpu", precision="fp32").denoised
+    inner = np.s_[16:-16, 16:-16]
+    difference = np.abs(tiled - whole)[inner]
+    assert difference.max() < 0.5, f"largest tiled/whole difference {difference.max():.3f} HU"
+    assert not np.array_equal(tiled, whole), "the tiled path did run"
+
+
+def test_the_callers_generator_is_left_as_it_was(tiny_model):
+    generator = tiny_model.generator.train()
+    before = {k: v.clone() for k, v in generator.state_dict().items()}
+    kinds = [type(m) for m in generator.modules()]
+    denoise_volume(ct_volume(), tiny_model, "CT", device="cpu", precision="bf16")
+    assert generator.training, "training mode kept"
+    assert [type(m) for m in generator.modules()] == kinds, "no BatchNorm folded into the caller's model"
+    after = generator.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.requires_grad for p in generator.parameters())
+    assert all(p.is_contiguous() for p in generator.parameters()), "memory format unchanged"
+
+
+def test_ct_padding_outside_the_field_of_view_is_masked_and_returned_untouched(tiny_model):
+    image = body_slice(64, seed=4)
+    yy, xx = np.mgrid[:64, :64] - 31.5
+    outside = np.hypot(yy, xx) > 30
+    padded = np.where(outside, np.float32(-3024.0), image)
+    as_air = np.where(outside, np.float32(-1024.0), image)
+    result = denoise_volume(padded, tiny_model, "CT", device="cpu")
+    reference = denoise_volume(as_air, tiny_model, "CT", device="cpu")
+    assert np.array_equal(result.denoised[outside], padded[outside])
+    assert np.all(result.noise[outside] == 0)
+    assert np.abs(result.denoised[~outside] - reference.denoised[~outside]).max() < 1e-3
+    assert any("field of view" in w for w in result.warnings)
+    assert np.allclose(result.denoised + result.noise, padded, atol=1e-3)
+
+
+def test_values_beyond_float32_and_too_thin_slices_are_refused(tiny_model):
+    huge = np.full((2, 8, 8), 1e300)
+    huge[0, 0, 0] = 0
+    with pytest.raises(ValueError, match="beyond what float32"):
+        validate_volume(huge)
+    line = np.random.default_rng(0).normal(0, 10, (7, 1, 1)).astype(np.float32)
+    with pytest.raises(ValueError, match="too thin to denoise"):
+        denoise_volume(line, tiny_model, "CT", device="cpu")
+
+
+@pytest.mark.skipif(getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+                    reason="checks the message where there is no Apple GPU")
+def test_asking_for_mps_without_an_apple_gpu_says_what_to_do():
+    with pytest.raises(ValueError, match="'mps' \\(Apple GPU\\) is not available"):
+        resolve_device("mps")
+    with pytest.raises(ValueError, match="unknown device|unsupported device"):
+        resolve_device("tpu")

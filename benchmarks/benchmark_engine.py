@@ -1,11 +1,16 @@
-"""Speed and peak memory of the denoising engine on a large volume (a measurement, not a test).
+"""Speed and memory of the denoising engine beside the classical filters (a measurement, not a test).
 
-    python benchmarks/benchmark_engine.py [--slices 200 --size 512 --model ct-unet-w16 | --width 16] [--device cpu]
+    python benchmarks/benchmark_engine.py [--models ID ...] [--slices 6] [--volume-slices 200] [--device cpu|cuda]
 
-Builds a 200 x 512 x 512 int16 volume (a noisy body-like disc), denoises it with a shipped model
-(or an untrained generator of the given width: speed and memory do not depend on the weights),
-and prints a JSON line: seconds per slice, total seconds, and the peak resident memory above the
-baseline, sampled from /proc every 20 ms, next to the size of the input and of the two outputs.
+For each model (default: every shipped model), on the same 512 x 512 slices of a noisy body-like
+phantom and in the same run:
+- seconds per slice on the CPU with the engine's default precision ("auto") and in float32, and
+  the largest difference between the two in the model's units (HU for CT);
+- scikit-image non-local means (fast mode) and BM3D on the same slices, and the ratios;
+- peak resident memory above the baseline while denoising a --volume-slices x 512 x 512 int16
+  volume with the default model (sampled from /proc every 20 ms), beside the two outputs' size;
+- on a CUDA GPU, when present: slices per second, peak GPU memory and the batch size, per model.
+Prints one JSON line per measurement and a markdown table at the end.
 """
 
 from __future__ import annotations
@@ -19,9 +24,8 @@ import time
 import numpy as np
 import torch
 
-from MedGANDenoiseLib.engine import denoise_volume
-from MedGANDenoiseLib.networks import build_generator
-from MedGANDenoiseLib.registry import LoadedModel, ModelCard, ModelRegistry, load_model
+from MedGANDenoiseLib.engine import denoise_volume, estimate_noise_sigma
+from MedGANDenoiseLib.registry import ModelRegistry, load_model
 
 MIB = 2**20
 
@@ -50,48 +54,128 @@ class PeakSampler(threading.Thread):
         return max(self.peak, resident_bytes())
 
 
-def body_volume(slices: int, size: int) -> np.ndarray:
-    yy, xx = np.mgrid[:size, :size] - size / 2
-    body = np.where(np.hypot(yy, xx) < size * 0.4, 40, -1000).astype(np.int16)
-    volume = np.empty((slices, size, size), dtype=np.int16)
-    rng = np.random.default_rng(0)
-    for k in range(slices):
-        volume[k] = body + rng.normal(0, 25, (size, size)).astype(np.int16)
-    return volume
+def body_volume(slices: int, size: int, seed: int = 0) -> np.ndarray:
+    """int16 HU slices: an elliptical soft-tissue body with fat, a bony ring, in air, plus 25 HU noise."""
+    yy, xx = (np.mgrid[:size, :size] - size / 2) / size
+    body = np.full((size, size), -1000, dtype=np.int16)
+    body[(xx / 0.45) ** 2 + (yy / 0.33) ** 2 < 1] = -90
+    body[(xx / 0.41) ** 2 + (yy / 0.29) ** 2 < 1] = 40
+    body[np.abs(np.hypot(xx, yy + 0.15) - 0.05) < 0.012] = 700
+    rng = np.random.default_rng(seed)
+    return np.stack([body + rng.normal(0, 25, (size, size)).astype(np.int16) for _ in range(slices)])
+
+
+def per_slice_seconds(function, slices: np.ndarray) -> float:
+    function(slices[0])  # warm-up
+    started = time.perf_counter()
+    for s in slices:
+        function(s)
+    return (time.perf_counter() - started) / len(slices)
+
+
+def classical_filters(slices: np.ndarray) -> dict[str, float]:
+    """Seconds per slice of NLM (fast mode) and BM3D with estimated sigma, as users would run them."""
+    import bm3d
+    from skimage.restoration import denoise_nl_means
+
+    scale = 400.0  # both work on a window-sized range, like the evaluation
+    def nlm(s):
+        x = s.astype(np.float32) / scale
+        sigma = estimate_noise_sigma(x)
+        return denoise_nl_means(x, h=0.8 * sigma, sigma=sigma, patch_size=5, patch_distance=6, fast_mode=True)
+
+    def bm3d_filter(s):
+        x = s.astype(np.float32) / scale
+        return bm3d.bm3d(x, sigma_psd=estimate_noise_sigma(x))
+
+    return {"nlm_fast": per_slice_seconds(nlm, slices), "bm3d": per_slice_seconds(bm3d_filter, slices[:2])}
+
+
+def cpu_model_timing(model, slices: np.ndarray) -> dict[str, float | str]:
+    modality = model.card.modality
+    auto = per_slice_seconds(lambda s: denoise_volume(s, model, modality, device="cpu"), slices)
+    fp32 = per_slice_seconds(lambda s: denoise_volume(s, model, modality, device="cpu", precision="fp32"), slices)
+    a = denoise_volume(slices, model, modality, device="cpu")
+    b = denoise_volume(slices, model, modality, device="cpu", precision="fp32")
+    return {"auto_precision": a.precision, "seconds_per_slice": auto, "seconds_per_slice_fp32": fp32,
+            "max_abs_difference_auto_vs_fp32": float(np.abs(a.denoised - b.denoised).max())}
+
+
+def volume_memory(model, slices: int, size: int) -> dict[str, float]:
+    volume = body_volume(slices, size, seed=1)
+    denoise_volume(volume[:2], model, model.card.modality, device="cpu")
+    baseline = resident_bytes()
+    sampler = PeakSampler()
+    sampler.start()
+    result = denoise_volume(volume, model, model.card.modality, device="cpu")
+    peak = sampler.stop()
+    outputs = 2 * result.denoised.nbytes
+    return {"volume": f"{slices} x {size} x {size} int16", "seconds_total": round(result.seconds, 1),
+            "outputs_mib": round(outputs / MIB, 1), "peak_rss_above_baseline_mib": round((peak - baseline) / MIB, 1),
+            "peak_beyond_outputs_mib": round((peak - baseline - outputs) / MIB, 1)}
+
+
+def gpu_timing(model, size: int, batch_size: int) -> dict[str, float]:
+    volume = body_volume(max(4 * batch_size, 64), size, seed=2)
+    denoise_volume(volume[:batch_size], model, model.card.modality, device="cuda", batch_size=batch_size)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    result = denoise_volume(volume, model, model.card.modality, device="cuda", batch_size=batch_size)
+    torch.cuda.synchronize()
+    return {"gpu": torch.cuda.get_device_name(), "batch_size": batch_size, "precision": result.precision,
+            "slices_per_second": len(volume) / result.seconds,
+            "peak_gpu_memory_mib": torch.cuda.max_memory_allocated() / MIB}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--slices", type=int, default=200)
+    parser.add_argument("--models", nargs="*", help="registered model ids (default: every shipped model)")
+    parser.add_argument("--slices", type=int, default=6, help="512 x 512 slices timed per method")
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--model", help="a registered model id (default: an untrained U-Net of --width)")
-    parser.add_argument("--width", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=None, help="default: the engine's choice (1 on the CPU)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--volume-slices", type=int, default=200, help="slices of the memory test volume (0: skip)")
+    parser.add_argument("--gpu-batch-sizes", type=int, nargs="*", default=[8, 32, 64])
     args = parser.parse_args()
 
-    if args.model:
-        model = load_model(ModelRegistry.default().get(args.model))
-    else:
-        architecture = {"variant": "unet", "predictor": {"base_width": args.width}}
-        card = ModelCard(id=f"untrained-unet-w{args.width}", modality="CT", variant="unet", architecture=architecture,
-                         normalization={"kind": "fixed", "offset": -1024.0, "scale": 4096.0}, file="", sha256="")
-        model = LoadedModel(card, build_generator(**architecture).eval())
-    volume = body_volume(args.slices, args.size)
-    denoise_volume(volume[:2], model, "CT", device=args.device)  # warm-up: allocator and kernels
-    baseline = resident_bytes()
-    sampler = PeakSampler()
-    sampler.start()
-    result = denoise_volume(volume, model, "CT", batch_size=args.batch_size, device=args.device)
-    peak = sampler.stop()
-    print(json.dumps({
-        "model": model.card.id, "volume": list(volume.shape), "dtype": str(volume.dtype), "device": result.device,
-        "batch_size": args.batch_size, "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-        "seconds_total": round(result.seconds, 2), "seconds_per_slice": round(result.seconds / args.slices, 4),
-        "input_mib": round(volume.nbytes / MIB, 1), "outputs_mib": round(2 * result.denoised.nbytes / MIB, 1),
-        "peak_rss_above_baseline_mib": round((peak - baseline) / MIB, 1),
-        "peak_beyond_outputs_mib": round((peak - baseline - 2 * result.denoised.nbytes) / MIB, 1),
-    }))
+    registry = ModelRegistry.default()
+    ids = args.models or [card.id for card in registry.models()]
+    slices = body_volume(args.slices, args.size)
+    print(json.dumps({"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
+                      "torch": torch.__version__}))
+    classical = classical_filters(slices)
+    print(json.dumps({"classical_seconds_per_slice": classical}))
+    rows = []
+    for model_id in ids:
+        model = load_model(registry.get(model_id))
+        timing = cpu_model_timing(model, slices)
+        timing |= {"model": model_id, "nlm_ratio": timing["seconds_per_slice"] / classical["nlm_fast"],
+                   "bm3d_speedup": classical["bm3d"] / timing["seconds_per_slice"]}
+        print(json.dumps(timing))
+        rows.append(timing)
+    memory = None
+    if args.volume_slices and ids:
+        memory = volume_memory(load_model(registry.get(ids[0])), args.volume_slices, args.size)
+        print(json.dumps({"model": ids[0], **memory}))
+    gpu_rows = []
+    if torch.cuda.is_available():
+        for model_id in ids:
+            model = load_model(registry.get(model_id))
+            for batch_size in args.gpu_batch_sizes:
+                gpu_rows.append({"model": model_id, **gpu_timing(model, args.size, batch_size)})
+                print(json.dumps(gpu_rows[-1]))
+
+    print(f"\n| model | precision | s/slice (auto) | s/slice (fp32) | vs NLM fast ({classical['nlm_fast']:.3f} s) "
+          f"| vs BM3D ({classical['bm3d']:.2f} s) | max diff auto vs fp32 |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['auto_precision']} | {r['seconds_per_slice']:.3f} | {r['seconds_per_slice_fp32']:.3f} "
+              f"| {r['nlm_ratio']:.2f}x the time | {r['bm3d_speedup']:.0f}x faster | {r['max_abs_difference_auto_vs_fp32']:.3f} |")
+    if memory:
+        print(f"\n{ids[0]} on a {memory['volume']} volume: {memory['seconds_total']} s, peak memory "
+              f"{memory['peak_rss_above_baseline_mib']} MiB above baseline = outputs {memory['outputs_mib']} MiB "
+              f"+ {memory['peak_beyond_outputs_mib']} MiB")
+    for r in gpu_rows:
+        print(f"GPU {r['gpu']}: {r['model']} batch {r['batch_size']} ({r['precision']}): {r['slices_per_second']:.0f} "
+              f"slices/s, peak {r['peak_gpu_memory_mib']:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -393,11 +393,13 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return starts
 
 
-def _forward_tiled(generator, x, device, dtype, tile: int = TILE_SIZE, overlap: int = TILE_OVERLAP):
-    """The output of a large slice assembled from overlapping tiles, each weighted by a ramp that
-    falls to near zero at the tile's inner edges, so seams blend without a visible step."""
+def _forward_tiled(generator, x, device, dtype):
+    """The output of a large slice assembled from overlapping tiles (TILE_SIZE, TILE_OVERLAP),
+    each weighted by a ramp that falls to near zero at the tile's inner edges, so seams blend
+    without a visible step."""
     import torch
 
+    tile, overlap = TILE_SIZE, TILE_OVERLAP
     height, width = x.shape[-2:]
     ramp = torch.ones(tile)
     edge = torch.linspace(0.0, 1.0, overlap + 2)[1:-1]

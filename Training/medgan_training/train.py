@@ -68,6 +68,7 @@ class TrainConfig:
     patch_size: int = option(96, "Side of the square training patches, in pixels.")
     samples_per_epoch: int = option(1600, "Training patches per epoch (over all processes).")
     variants_per_slice: int = option(4, "Degraded versions precomputed for each training slice.")
+    sim_cache: str = option("data/sim_cache", "Folder where simulated training pairs are cached for later runs ('' to disable).")
     val_fraction: float = option(0.15, "Fraction of each scan's slices held out, as one contiguous slab, for validation.")
     val_position: float = option(1.0, "Where the held-out slab lies in each scan: 0 = first slices, 1 = last.")
     val_slices: int = option(8, "Held-out slices used for validation each epoch (evenly spaced over all scans).")
@@ -205,7 +206,7 @@ def build_training_data(cfg: TrainConfig) -> tuple[PatchDataset, list[tuple[np.n
             train_slices, val_slices = split_slabs(len(volume), cfg.val_fraction, position=cfg.val_position)
             clean = [volume[i] for i in train_slices]
             noisy = simulate_pairs(clean, degrade, cfg.variants_per_slice, cfg.seed + scan_index, pixel_size,
-                                   workers=min(2, os.cpu_count() or 1))
+                                   workers=min(2, os.cpu_count() or 1), cache_dir=cfg.sim_cache or None)
             train_pairs += [SlicePair(n, clean[k // cfg.variants_per_slice], params, threshold) for k, n in enumerate(noisy)]
             for i in val_slices:
                 rng = np.random.default_rng([cfg.seed, 10_000 + scan_index, i])
