@@ -19,19 +19,28 @@ folder): new series and instance UIDs in the same study and frame of reference, 
 positions, ImageType DERIVED\SECONDARY and references to the source images, so a PACS files it
 beside the original. It carries the source's patient and study data unless --deidentify applies
 DICOM PS3.15's basic de-identification profile.
+
+Under torchrun (RANK and WORLD_SIZE set) the scans of a batch are shared out among the processes:
+    torchrun --standalone --nproc_per_node=4 -m MedGANDenoiseLib.cli scans/ -o results/ --modality CT
+Every rank checks the whole batch first, then denoises and writes its own share (on cuda:LOCAL_RANK
+with --device auto or cuda); rank 0 prints a summary of all ranks. Several nodes: the same command
+with --nnodes N --rdzv-backend c10d --rdzv-endpoint HOST:PORT on each node, over a shared filesystem.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import signal
 import sys
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from . import distributed
 from .engine import denoise_volume, estimate_noise_sigma
 from .image_io import (
     MultipleSeriesError,
@@ -223,7 +232,7 @@ def stage_outputs(job: Job, result, image, files: list[str] | None, model: Loade
     return staged
 
 
-def run_job(job: Job, model: LoadedModel, args: argparse.Namespace) -> str:
+def run_job(job: Job, model: LoadedModel, args: argparse.Namespace, progress_bar: bool = True) -> str:
     """Denoise one scan and write its outputs; returns the summary line."""
     from tqdm import tqdm
 
@@ -237,7 +246,7 @@ def run_job(job: Job, model: LoadedModel, args: argparse.Namespace) -> str:
         if path is not None and args.output_format != "dicom":
             check_geometry_fits(image, path)
     volume = image_to_array(image)
-    with tqdm(total=volume.shape[AXES[args.axis]] if volume.ndim == 3 else 1, unit="slice", disable=args.quiet,
+    with tqdm(total=volume.shape[AXES[args.axis]] if volume.ndim == 3 else 1, unit="slice", disable=args.quiet or not progress_bar,
               desc=job.source.name, leave=False) as bar:
         result = denoise_volume(
             volume, model, args.modality, axis=AXES[args.axis] if volume.ndim == 3 else None, batch_size=args.batch_size,
@@ -320,10 +329,28 @@ def _fail(error: BaseException) -> str:
 
 def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     quiet_library_warnings()
+    context = None
+    try:
+        # under torchrun: join the group before planning, so that every exit below is agreed on
+        context = None if args.list_models else distributed.from_env()
+        if context is not None:
+            distributed.setup(context)
+    except Exception as error:
+        print(f"{PROG}: error: {_fail(error)}", file=sys.stderr)
+        return 2
+    try:
+        return _plan_and_run(parser, args, context)
+    finally:
+        if context is not None:
+            distributed.teardown(context)
+
+
+def _plan_and_run(parser: argparse.ArgumentParser, args: argparse.Namespace, context: distributed.Context | None) -> int:
     try:
         registry = ModelRegistry.default(args.models_dir)
         for problem in registry.problems:
-            print(f"{PROG}: warning: {problem}", file=sys.stderr)
+            if context is None or context.rank == 0:
+                print(f"{PROG}: warning: {problem}", file=sys.stderr)
         if args.list_models:
             print(list_models(registry))
             return 0
@@ -336,9 +363,15 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         model = select_model(args, registry)
         args.modality = model.card.modality
         jobs = plan_jobs(args)
+        if context is not None:
+            args.device = distributed.rank_device(args.device, context)
     except Exception as error:
-        print(f"{PROG}: error: {_fail(error)}", file=sys.stderr)
-        return 2
+        if context is None:
+            print(f"{PROG}: error: {_fail(error)}", file=sys.stderr)
+            return 2
+        return _agree_and_run(context, args, None, [], _fail(error))
+    if context is not None:
+        return _agree_and_run(context, args, model, jobs, None)
     failures = []
     for job in jobs:
         try:
@@ -357,6 +390,77 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         print(f"{PROG}: error: {len(failures)} of {len(jobs)} scans failed: " + "; ".join(failures), file=sys.stderr)
         return 2
     return 0
+
+
+def _device_name(device: str) -> str:
+    from .engine import resolve_device
+
+    try:
+        return str(resolve_device(device))
+    except ValueError:
+        return device
+
+
+def _plan_digest(jobs: list[Job]) -> str:
+    text = "\n".join(f"{job.source}\t{job.series}\t{job.denoised}\t{job.noise}" for job in jobs)
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _agree_and_run(context: distributed.Context, args: argparse.Namespace, model: LoadedModel | None, jobs: list[Job],
+                   plan_error: str | None) -> int:
+    """A batch under torchrun: every rank planned the whole batch; if all plans succeeded and are
+    the same, each rank runs its share and rank 0 reports on all. The exit status is the same on
+    every rank (so every node's torchrun fails alike): 2 when anything failed on any rank."""
+    code = _agreed_run(context, args, model, jobs, plan_error)
+    # torchrun stops the other ranks as soon as one exits non-zero: none leaves before rank 0 has reported
+    distributed.barrier(context)
+    return code
+
+
+def _agreed_run(context: distributed.Context, args: argparse.Namespace, model: LoadedModel | None, jobs: list[Job],
+                plan_error: str | None) -> int:
+    lead = context.rank == 0
+    # the gather is also the barrier that keeps every rank's checks ahead of any rank's writes
+    plans = distributed.all_gather(context, (plan_error, None if plan_error else _plan_digest(jobs)))
+    errors = [(rank, error) for rank, (error, _) in enumerate(plans) if error is not None]
+    if errors:
+        if lead:
+            if len({error for _, error in errors}) == 1 and len(errors) == context.world_size:
+                print(f"{PROG}: error: {errors[0][1]}", file=sys.stderr)
+            else:
+                for rank, error in errors:
+                    print(f"{PROG}: error: rank {rank}: {error}", file=sys.stderr)
+        return 2
+    if len({digest for _, digest in plans}) != 1:
+        if lead:
+            print(f"{PROG}: error: the ranks found different scans or outputs (on several nodes the input and output "
+                  "folders must be on a filesystem every node shares); nothing was written", file=sys.stderr)
+        return 2
+    tag = f"[rank {context.rank}/{context.world_size}]"
+    mine = distributed.shard(jobs, context.rank, context.world_size)
+    failures: list[str] = []
+    started = time.perf_counter()
+    for job in mine:
+        try:
+            summary = run_job(job, model, args, progress_bar=False)  # one line per scan: bars of several ranks interleave
+        except Exception as error:
+            message = _fail(error)
+            failures.append(f"{job.source.name}: {message}")
+            print(f"{PROG}: {tag} skipped {job.source.name}: {message}", file=sys.stderr, flush=True)
+            continue
+        if not args.quiet:
+            print(f"{tag} {summary}", flush=True)
+    report = distributed.RankReport(context.rank, context.host, _device_name(args.device), len(mine), len(mine) - len(failures), failures,
+                                    time.perf_counter() - started)
+    reports: list[distributed.RankReport] = distributed.all_gather(context, report)
+    failed = [failure for r in reports for failure in r.failures]
+    if lead:
+        if not args.quiet:
+            for line in distributed.summary_lines(reports):
+                print(f"{PROG}: {line}", flush=True)
+        if failed:
+            print(f"{PROG}: error: {len(failed)} of {len(jobs)} scans failed: " + "; ".join(failed), file=sys.stderr, flush=True)
+    return 2 if failed else 0
 
 
 if __name__ == "__main__":
