@@ -130,7 +130,11 @@ class MedGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         self.cancelRun()
         self.removeObservers()
-        self.logic.cleanup()
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+        if self.logic is not None:  # None when setup() did not get that far
+            self.logic.cleanup()
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -165,12 +169,25 @@ class MedGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, inputParameterNode: Optional[MedGANDenoiseParameterNode]) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButton)
+            self._parameterNodeGuiTag = None
+            if self.hasObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButton):  # exit() removed it
+                self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButton)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self._parameterNodeGuiTag = self.connectParameterNodeGui(self._parameterNode, self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButton)
             self.updateButton()
+
+    @staticmethod
+    def connectParameterNodeGui(parameterNode, gui):
+        """parameterNode.connectGui(gui), returning a tag that disconnectGui accepts. Slicer 5.8's
+        connectGui returns None (fixed by Slicer commit b5a65a49a0, in 5.10), so disconnectGui(None)
+        left the old connectors connected: at the next enter() the new Choice connectors clear the
+        combo boxes and the old ones write choices[-1], then choices[0], back into the parameter
+        node, resetting the modality and slice axis. The tag is the one connectGui allots."""
+        expected = getattr(parameterNode, "_nextParameterGUIsTag", None)
+        tag = parameterNode.connectGui(gui)
+        return tag if tag is not None else expected
 
     def updateButton(self, caller=None, event=None) -> None:
         if self._run is not None:
@@ -272,6 +289,15 @@ class MedGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if run.cliNode.IsBusy():
             return
         self.removeObserver(run.cliNode, vtk.vtkCommand.ModifiedEvent, self.onCliNodeModified)
+        # Finish once this event has been delivered: finishRun removes the CLI node from the scene,
+        # and when Completed comes from vtkSlicerCLIModuleLogic::ProcessMRMLLogicsEvents nothing
+        # else holds the node, which vtkMRMLCommandLineModuleNode::Modified() still uses (it invokes
+        # StatusModifiedEvent after ModifiedEvent). The lambda keeps the node alive until then.
+        qt.QTimer.singleShot(0, lambda: self.onRunFinished(run))
+
+    def onRunFinished(self, run: DenoiseRun) -> None:
+        if self._run is not run:
+            return
         self._run = None
         self.ui.progressBar.hide()
         try:
@@ -436,10 +462,12 @@ class MedGANDenoiseLogic(ScriptedLoadableModuleLogic):
             run = self.startRun(inputVolume, modality=resolved, variant=variant, device=device, strength=strength, batchSize=batchSize,
                                 sliceAxis=sliceAxis, modelsFolder=modelsFolder, denoisedVolume=denoisedVolume, noiseVolume=noiseVolume,
                                 skipNoise=skipNoise, wait=blocking)
+            reported = None
             while run.cliNode.IsBusy():
                 slicer.app.processEvents()
-                if progressCallback is not None:
-                    progressCallback(run.cliNode.GetProgress(), 100)
+                if progressCallback is not None and run.cliNode.GetProgress() != reported:  # not 20 calls a second
+                    reported = run.cliNode.GetProgress()
+                    progressCallback(reported, 100)
                 if cancelEvent is not None and cancelEvent.is_set() and run.cliNode.GetStatus() != run.cliNode.Cancelling:
                     self.cancelRun(run)
                 time.sleep(0.05)

@@ -201,3 +201,122 @@ def test_the_checker_refuses_the_binding_of_the_previous_release():
     problems = binding_problems(source, ui)
     for widget in ("modalityComboBox", "variantComboBox", "deviceComboBox", "sliceAxisComboBox"):
         assert any(p.startswith(f"{widget}: a QComboBox bound to str") for p in problems), widget
+
+
+# --- the GUI tag: connectGui/disconnectGui across exit() and enter() ------------------------
+
+
+def import_module_with_stubs(monkeypatch, qt=None):
+    """MedGANDenoise.py imported with the Qt-only parts of Slicer stubbed (slicer-core gives the
+    MRML classes and slicer.util.VTKObservationMixin)."""
+    import importlib.util
+    import sys
+    import types
+
+    stubs = {
+        "qt": qt if qt is not None else types.ModuleType("qt"),
+        "slicer.parameterNodeWrapper": types.ModuleType("slicer.parameterNodeWrapper"),
+        "slicer.ScriptedLoadableModule": types.ModuleType("slicer.ScriptedLoadableModule"),
+    }
+    wrapper = stubs["slicer.parameterNodeWrapper"]
+    wrapper.Choice = wrapper.WithinRange = lambda *args: args
+    wrapper.parameterNodeWrapper = lambda cls: cls
+    scripted = stubs["slicer.ScriptedLoadableModule"]
+    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleTest", "ScriptedLoadableModuleWidget"):
+        setattr(scripted, name, type(name, (), {}))
+    for name, module in stubs.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    spec = importlib.util.spec_from_file_location("MedGANDenoise_under_test", SOURCE)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+class FakeParameterNode:
+    """The part of Slicer's parameterNodeWrapper (wrapper.py) the widget's tag handling meets:
+    connectGui allots self._nextParameterGUIsTag and keeps the connection in self._parameterGUIs;
+    it returns the tag since v5.10.0 and None in v5.8 (Slicer commit b5a65a49a0)."""
+
+    def __init__(self, returnsTag: bool):
+        self.returnsTag, self._parameterGUIs, self._nextParameterGUIsTag = returnsTag, {}, 0
+
+    def connectGui(self, gui):
+        tag = self._nextParameterGUIsTag
+        self._nextParameterGUIsTag += 1
+        self._parameterGUIs[tag] = gui
+        return tag if self.returnsTag else None
+
+    def disconnectGui(self, tag):
+        self._parameterGUIs.pop(tag, None)
+
+    def AddObserver(self, event, method, priority=0.0):
+        return 1
+
+    def RemoveObserver(self, tag):
+        pass
+
+
+@pytest.mark.parametrize("returnsTag", [False, True], ids=["Slicer 5.8 (connectGui returns None)", "Slicer 5.10"])
+def test_exit_and_scene_close_disconnect_the_gui_in_every_slicer_version(monkeypatch, returnsTag):
+    """A connection left behind keeps old Choice connectors on the combo boxes: when the next
+    connectGui refills them, the old ones write choices[-1] and then choices[0] into the parameter
+    node, so the user's modality and slice axis went back to the defaults at every enter()."""
+    module = import_module_with_stubs(monkeypatch)
+    widget = object.__new__(module.MedGANDenoiseWidget)
+    module.VTKObservationMixin.__init__(widget)
+    widget._parameterNode, widget._parameterNodeGuiTag, widget._run, widget.ui = None, None, None, object()
+    widget.updateButton = lambda *args: None
+    node = FakeParameterNode(returnsTag)
+    for _ in range(3):  # setup()/enter(), then exit()
+        widget.setParameterNode(node)
+        assert len(node._parameterGUIs) == 1
+        widget.exit()
+        assert node._parameterGUIs == {}
+    widget.setParameterNode(node)
+    widget.setParameterNode(None)  # scene StartCloseEvent
+    assert node._parameterGUIs == {}
+
+
+def test_a_finished_run_is_taken_out_of_the_scene_after_the_cli_nodes_event(monkeypatch):
+    """finishRun removes the CLI node from the scene. Done inside the node's ModifiedEvent, the node
+    could be deleted while vtkMRMLCommandLineModuleNode::Modified() still runs (it invokes
+    StatusModifiedEvent next, and when Completed comes from the CLI logic's RequestProcessedEvent
+    handler nothing else holds the node), so the widget finishes from a zero-delay timer."""
+    import types
+
+    import slicer
+    import vtk
+
+    timers = []
+    qt = types.ModuleType("qt")
+    qt.QTimer = types.SimpleNamespace(singleShot=lambda msec, callback: timers.append(callback))
+    module = import_module_with_stubs(monkeypatch, qt)
+    scene = slicer.vtkMRMLScene()
+    cliNode = scene.AddNode(slicer.vtkMRMLCommandLineModuleNode())
+    finished = []
+
+    class Logic:
+        lastReport = ""
+
+        def finishRun(self, run):
+            finished.append(scene.IsNodePresent(run.cliNode))
+            scene.RemoveNode(run.cliNode)
+
+    widget = object.__new__(module.MedGANDenoiseWidget)
+    module.VTKObservationMixin.__init__(widget)
+    text = types.SimpleNamespace(setPlainText=lambda text: None, appendPlainText=lambda text: None)
+    widget.ui = types.SimpleNamespace(progressBar=types.SimpleNamespace(setValue=lambda value: None, hide=lambda: None),
+                                      statusLabel=types.SimpleNamespace(text=""), detailsTextEdit=text)
+    widget.logic, widget._parameterNode, widget.updateButton = Logic(), None, lambda *args: None
+    widget._run = module.DenoiseRun(cliNode, None, None, None, False, "ct-unet-w16")
+    widget.addObserver(cliNode, vtk.vtkCommand.ModifiedEvent, widget.onCliNodeModified)
+
+    cliNode.SetStatus(cliNode.Running)  # progress, still busy: nothing to finish
+    assert not timers and not finished
+    cliNode.SetStatus(cliNode.Completed)  # Modified() -> the widget's observer
+    assert not finished and len(timers) == 1, "finishRun ran inside the CLI node's event"
+    assert not widget.hasObserver(cliNode, vtk.vtkCommand.ModifiedEvent, widget.onCliNodeModified)
+    timers.pop()()
+    assert finished == [True] and widget._run is None
+    assert "scene was closed" in widget.ui.statusLabel.text  # Logic.finishRun returned None

@@ -207,6 +207,33 @@ def test_cli_killed_in_the_middle_leaves_no_output_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["input.nrrd"]  # no partial or temporary file either
 
 
+def test_cli_failing_on_the_noise_output_leaves_no_denoised_file_either(tmp_path, monkeypatch, capsys):
+    """Both outputs are staged before either is renamed into place: a failure (or a kill) while the
+    noise volume is written must not leave a denoised volume without its noise."""
+    sys.path.insert(0, str(CLI_DIR))
+    try:
+        import MedGANDenoiseCLI
+    finally:
+        sys.path.remove(str(CLI_DIR))
+    from MedGANDenoiseLib import image_io
+
+    stage_like, calls = image_io.stage_like, []
+
+    def failing_on_the_second(array, reference, path):
+        calls.append(Path(path).name)
+        if len(calls) == 2:
+            raise ValueError(f"writing {path} failed: disk full")
+        return stage_like(array, reference, path)
+
+    monkeypatch.setattr(image_io, "stage_like", failing_on_the_second)
+    source = write_nrrd(tmp_path / "input.nrrd", ct_like((1, 32, 32)))
+    status = MedGANDenoiseCLI.main(["--model", MODEL_ID, "--device", "cpu", "--noise", str(tmp_path / "noise.nrrd"),
+                                    str(source), str(tmp_path / "denoised.nrrd")])
+    assert status == 1 and calls == ["denoised.nrrd", "noise.nrrd"]
+    assert "disk full" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input.nrrd"]
+
+
 def test_cli_errors_are_one_line_and_write_nothing(tmp_path):
     source = write_nrrd(tmp_path / "input.nrrd", ct_like((2, 32, 32)))
     done = run_cli("--modality", "MR", "--device", "cpu", source, tmp_path / "denoised.nrrd")

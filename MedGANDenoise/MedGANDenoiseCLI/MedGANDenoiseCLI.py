@@ -104,9 +104,20 @@ def run(args: argparse.Namespace) -> int:
     result = denoise_volume(
         volume, model, modality, axis=protocol.CLI_AXES[args.sliceAxis], batch_size=args.batchSize or None,
         device=args.device, strength=args.strength, progress=lambda done, total: say(protocol.filter_progress(done, total)))
-    image_io.write_like(result.denoised, image, args.denoisedVolume)
-    if args.noiseVolume is not None:
-        image_io.write_like(result.noise, image, args.noiseVolume)
+    # Both outputs are written and verified under temporary names first, then renamed: a failure or
+    # a kill while the second is written leaves neither (not a denoised volume without its noise;
+    # a kill can leave a hidden .<name>.* temporary file, which Slicer's temporary folder holds).
+    staged = []
+    try:
+        staged.append(image_io.stage_like(result.denoised, image, args.denoisedVolume))
+        if args.noiseVolume is not None:
+            staged.append(image_io.stage_like(result.noise, image, args.noiseVolume))
+    except BaseException:
+        for file in staged:
+            file.discard()
+        raise
+    for file in staged:
+        file.commit()
     report = {
         "model_id": card.id, "description": card.description, "modality": card.modality, "variant": card.variant,
         "modality_reason": reason, "device": result.device, "batch_size": result.batch_size, "seconds": round(result.seconds, 3),
