@@ -146,3 +146,83 @@ def test_paired_folders_train(tmp_path):
     result = training.train(training.parse_args(args))
     assert result["metrics"]["val_degradation"] == "paired data"
     assert result["metrics"]["noisy_input"]["psnr"] < 40  # the real noise was measured, not a simulated one
+
+
+def test_fusion_refit_is_the_best_convex_combination_on_training_patches(scan, tmp_path):
+    cfg = training.parse_args(tiny_args(scan, tmp_path / "run"))
+    train_set, _, _ = training.build_training_data(cfg)
+    torch.manual_seed(0)
+    generator = training.build_generator(**cfg.architecture())
+    optimizer = torch.optim.Adam(generator.parameters(), lr=1e-2)
+    for i in range(12):  # a few real steps, so the two branches make different errors, as trained ones do
+        noisy, clean = (torch.stack(t) for t in zip(*(train_set[4 * i + k] for k in range(4))))
+        _, content, noise = generator(noisy)
+        optimizer.zero_grad()
+        ((content - clean).abs().mean() + (noise - noisy + clean).abs().mean()).backward()
+        optimizer.step()
+    weights = training.calibrate_fusion(generator, train_set, torch.device("cpu"), patches=16)
+    assert generator.fusion.weight.flatten().tolist() == pytest.approx(weights[:2], abs=1e-6)
+    assert 0 <= weights[0] <= 1 and weights[0] + weights[1] == pytest.approx(1.0)
+
+    def mean_squared_errors() -> tuple[float, float, float]:
+        fused, content, second = [], [], []
+        with torch.inference_mode():
+            for i in range(16):
+                noisy, clean = train_set[i]
+                y, c, n = generator(noisy[None])
+                fused.append(((y - clean) ** 2).mean())
+                content.append(((c - clean) ** 2).mean())
+                second.append(((noisy - n - clean) ** 2).mean())
+        return tuple(float(torch.stack(v).mean()) for v in (fused, content, second))
+
+    fused, content, second = mean_squared_errors()
+    assert fused <= min(content, second) * (1 + 1e-4), "the fit can always choose either branch alone"
+    inward = 0.05 if weights[0] < 0.5 else -0.05  # a may sit on a bound of [0, 1]
+    for parameter, step in ((generator.fusion.bias, 0.002), (generator.fusion.weight, torch.tensor([inward, -inward]).view(1, 2, 1, 1))):
+        with torch.no_grad():
+            parameter += step
+        assert mean_squared_errors()[0] > fused, "moving a fitted parameter makes it worse"
+        with torch.no_grad():
+            parameter -= step
+
+
+@pytest.mark.parametrize("variant, predictor", [
+    ("unet", {"base_width": 4, "depth": 2}),
+    ("dncnn", {"width": 8, "num_layers": 5}),
+    ("srdensenet", {"growth_rate": 4, "num_blocks": 2, "convs_per_block": 2, "bottleneck_width": 8}),
+])
+def test_each_predictor_variant_learns_in_a_few_steps(variant, predictor):
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:32, :32] / 32.0
+    clean = torch.from_numpy(np.stack([0.25 + 0.02 * np.sin(6 * (xx + k) * yy) for k in range(8)]).astype(np.float32))[:, None]
+    noisy = clean + torch.from_numpy(rng.normal(0, 0.01, clean.shape).astype(np.float32))
+    generator = training.build_generator(variant, predictor, residual_content=True)
+    optimizer = torch.optim.Adam(generator.parameters(), lr=2e-3)
+
+    def loss() -> torch.Tensor:
+        y, c, n = generator(noisy)
+        return (y - clean).abs().mean() + (n - (noisy - clean)).abs().mean() + (c - clean).abs().mean()
+
+    first = float(loss())
+    for _ in range(40):
+        optimizer.zero_grad()
+        value = loss()
+        value.backward()
+        optimizer.step()
+    assert float(loss()) < 0.6 * first, f"{variant}: loss {first:.4f} -> {float(loss()):.4f}"
+
+
+def test_normalisation_free_srdensenet_keeps_its_activations_at_scale():
+    from MedGANDenoiseLib.networks import SRDenseNetPredictor, init_weights
+
+    torch.manual_seed(0)
+    predictor = SRDenseNetPredictor(num_blocks=6, convs_per_block=4, growth_rate=16)
+    init_weights(predictor)
+    x = torch.randn(2, 1, 48, 48)
+    with torch.no_grad():
+        features = [predictor.stem(x)]
+        for block in predictor.blocks:
+            features.append(block(features[-1]))
+    ratio = float(features[-1].std() / features[1].std())
+    assert 0.2 < ratio < 5, f"activations changed {ratio:.3g}x over the dense blocks (N(0, 0.02) init shrank them ~10x per block)"

@@ -91,6 +91,7 @@ class TrainConfig:
     lr: float = option(2e-4, "Generator learning rate (Adam, betas 0.5/0.999).")
     lr_d: float = option(2e-4, "Discriminator learning rate.")
     fusion_lr_scale: float = option(10.0, "Learning-rate multiplier of the 2-weight fusion (Adam moves each weight about lr a step).")
+    calibrate_fusion: bool = option(True, "Before export, refit the fusion by least squares on training patches in eval mode.")
     cosine_lr: bool = option(False, "Anneal both learning rates to zero over the epochs (cosine).")
     batch_size: int = option(16, "Patches per optimisation step on each process.")
     epochs: int = option(20, "Training epochs.")
@@ -370,6 +371,39 @@ def git_commit() -> str:
         return "unknown"
 
 
+def calibrate_fusion(generator: torch.nn.Module, train_set: PatchDataset, device: torch.device,
+                     patches: int = 512) -> list[float]:
+    """Refit the 1x1 fusion on training patches, with the predictors in eval mode as users run
+    them, as the convex combination y = a c + (1 - a)(x - n) + b, a in [0, 1], b by least squares.
+
+    During training the fusion follows batch-statistics outputs and, at the learning rate it needs
+    to move at all, its bias jitters by several HU a step; in eval mode the branches shift with
+    BatchNorm's running statistics. A closed-form fit on training data (never the validation slab)
+    removes both. The weights are tied to sum to one because the two estimates are nearly equal:
+    a free two-weight fit is ill-conditioned and would amplify their difference. Returns the
+    fitted [weight on c, weight on x - n, bias]."""
+    generator.eval()
+    content_minus_second, target_minus_second = [], []
+    with torch.inference_mode():
+        for index in range(min(patches, len(train_set))):
+            noisy, clean = train_set[index]
+            x = noisy[None].to(device).float()
+            _, content, noise = generator(x)
+            second = x - noise
+            content_minus_second.append((content - second).flatten().double().cpu())
+            target_minus_second.append((clean.to(device)[None] - second).flatten().double().cpu())
+    d, t = torch.cat(content_minus_second), torch.cat(target_minus_second)
+    d_mean, t_mean = d.mean(), t.mean()
+    variance = float(((d - d_mean) ** 2).mean())
+    a = float(((d - d_mean) * (t - t_mean)).mean()) / variance if variance > 0 else 0.5
+    a = min(max(a, 0.0), 1.0)
+    b = float(t_mean - a * d_mean)
+    with torch.no_grad():
+        generator.fusion.weight.copy_(torch.tensor([a, 1.0 - a]).view_as(generator.fusion.weight))
+        generator.fusion.bias.fill_(b)
+    return [a, 1.0 - a, b]
+
+
 def round_to_storage_precision(generator: torch.nn.Module) -> torch.nn.Module:
     """Round the convolution weights to float16 (in place, kept as float32 tensors), as export
     stores them: half the file size. Small tensors, the fusion among them, keep float32: rounding
@@ -538,6 +572,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if best_generator is not None:  # export the epoch with the best validation PSNR
             final.load_state_dict(best_generator)
         round_to_storage_precision(final)
+        if cfg.calibrate_fusion and final.fusion is not None:
+            before, _ = validate(final, val_pairs, cfg, device)
+            weights = calibrate_fusion(final, train_set, device)
+            best["fusion_calibration"] = {"weights": weights, "validation_psnr_before": before["psnr"],
+                                          "validation_bias_before": before["bias"]}
+            print(f"fusion refitted on training patches: c x {weights[0]:.4f} + (x - n) x {weights[1]:.4f} "
+                  f"{weights[2]:+.5f} (normalised units); validation before: PSNR {before['psnr']:.2f}, "
+                  f"bias {before['bias']:+.2f}", flush=True)
         best["validation"], _ = validate(final, val_pairs, cfg, device)
         card = export_model(final, cfg, best, data_info)
         result["model"] = card.id
