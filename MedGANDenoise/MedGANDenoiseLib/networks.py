@@ -138,6 +138,10 @@ class SRDenseNetPredictor(nn.Module):
         self.reconstruction = nn.Conv2d(bottleneck_width, out_channels, 3, padding=1)
         self.size_multiple = 1
 
+    @property
+    def output_layer(self) -> nn.Conv2d:
+        return self.reconstruction
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = [self.stem(x)]
         for block in self.blocks:
@@ -165,6 +169,10 @@ class RefinementNet(nn.Module):
             layers += [nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True)]
         layers.append(nn.Conv2d(width, 1, 3, padding=1))
         self.body = nn.Sequential(*layers)
+
+    @property
+    def output_layer(self) -> nn.Conv2d:
+        return self.body[-1]
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         return y + self.body(y)
@@ -277,15 +285,21 @@ def init_weights(module: nn.Module, std: float = 0.02) -> None:
     """Conv weights ~ N(0, std), BatchNorm weight ~ N(1, std) and bias 0 (pix2pix / METHOD.md).
 
     Submodules marked `normalization_free` (SRDenseNet, the refinement net) get He initialisation
-    instead, which keeps their activations at scale without BatchNorm. The fusion starts as the
+    instead, which keeps their activations at scale without BatchNorm, except their `output_layer`,
+    which starts at zero so that their residual outputs start at zero (with He or even N(0, 0.02)
+    there, the branches started hundreds of HU off and training wandered). The fusion starts as the
     plain average of its two inputs (weights 0.5, 0.5, bias 0) rather than near zero, so an
     untrained generator already returns a content estimate of the right scale.
     """
-    he_convs = {id(m) for sub in module.modules() if getattr(sub, "normalization_free", False) for m in sub.modules()}
+    free = [sub for sub in module.modules() if getattr(sub, "normalization_free", False)]
+    outputs = {id(sub.output_layer) for sub in free}
+    he_convs = {id(m) for sub in free for m in sub.modules()} - outputs
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
             if id(m) in he_convs:
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            elif id(m) in outputs:
+                nn.init.zeros_(m.weight)
             else:
                 nn.init.normal_(m.weight, 0.0, std)
             if m.bias is not None:
