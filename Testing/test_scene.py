@@ -13,34 +13,12 @@ from vtk.util import numpy_support
 
 from MedGANDenoiseLib import scene as mrml
 from MedGANDenoiseLib.engine import DenoiseCancelled
-
-OBLIQUE_IJK_TO_RAS = np.array([
-    [0.6062, -0.4, 0.0, -120.0],
-    [0.35, 0.6928, 0.0, 35.5],
-    [0.0, 0.0, 2.5, 12.0],
-    [0.0, 0.0, 0.0, 1.0],
-])  # spacing (0.7, 0.8, 2.5), rotated 30 degrees about S
-
+from mrml_volumes import OBLIQUE_IJK_TO_RAS, add_volume_node
 
 def make_volume(scene, name="Head CT", shape=(6, 16, 20), seed=0):
     array = np.random.default_rng(seed).normal(30, 25, shape).astype(np.int16)
     array[:, :3] = -1000
-    image = vtk.vtkImageData()
-    image.SetDimensions(shape[2], shape[1], shape[0])
-    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(array.reshape(-1), deep=True, array_type=vtk.VTK_SHORT))
-    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
-    node.SetAndObserveImageData(image)
-    matrix = vtk.vtkMatrix4x4()
-    for r in range(4):
-        for c in range(4):
-            matrix.SetElement(r, c, OBLIQUE_IJK_TO_RAS[r, c])
-    node.SetIJKToRASMatrix(matrix)
-    node.CreateDefaultDisplayNodes()
-    node.GetDisplayNode().AutoWindowLevelOff()
-    node.GetDisplayNode().SetWindowLevel(400, 40)
-    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "patient position")
-    node.SetAndObserveTransformNodeID(transform.GetID())
-    return node, array
+    return add_volume_node(scene, array, name), array
 
 
 def node_names(scene) -> list[str]:

@@ -21,12 +21,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicer
-import vtk
-from vtk.util import numpy_support
 
 from MedGANDenoiseLib import cli_protocol
 from MedGANDenoiseLib import scene as mrml
 from MedGANDenoiseLib.registry import ModelRegistry
+from mrml_volumes import OBLIQUE_IJK_TO_RAS, add_volume_node
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI_DIR = ROOT / "MedGANDenoise" / "MedGANDenoiseCLI"
@@ -35,12 +34,6 @@ XML = CLI_DIR / "MedGANDenoiseCLI.xml"
 MODEL_ID = "ct-unet-w16"
 SPACING, ORIGIN = (0.7, 0.8, 2.5), (-120.0, 35.5, 12.0)
 DIRECTION = (0.866, -0.5, 0.0, 0.5, 0.866, 0.0, 0.0, 0.0, 1.0)
-OBLIQUE_IJK_TO_RAS = np.array([
-    [0.6062, -0.4, 0.0, -120.0],
-    [0.35, 0.6928, 0.0, 35.5],
-    [0.0, 0.0, 2.5, 12.0],
-    [0.0, 0.0, 0.0, 1.0],
-])
 # The element names ModuleDescriptionParser handles (SlicerExecutionModel,
 # ModuleDescriptionParser/ModuleDescriptionParser.cxx, commit 6e16762): others are ignored silently.
 PARSER_ELEMENTS = {
@@ -285,21 +278,7 @@ def test_cli_finds_the_helper_package_from_its_own_location(tmp_path, layout):
 
 def make_volume(scene, name: str = "Head CT", shape=(4, 64, 64)):
     array = ct_like(shape, seed=1)
-    image = vtk.vtkImageData()
-    image.SetDimensions(shape[2], shape[1], shape[0])
-    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(array.reshape(-1), deep=True, array_type=vtk.VTK_SHORT))
-    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
-    node.SetAndObserveImageData(image)
-    matrix = vtk.vtkMatrix4x4()
-    for r in range(4):
-        for c in range(4):
-            matrix.SetElement(r, c, OBLIQUE_IJK_TO_RAS[r, c])
-    node.SetIJKToRASMatrix(matrix)
-    node.CreateDefaultDisplayNodes()
-    node.GetDisplayNode().AutoWindowLevelOff()
-    node.GetDisplayNode().SetWindowLevel(400, 40)
-    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "patient position")
-    node.SetAndObserveTransformNodeID(transform.GetID())
+    node = add_volume_node(scene, array, name)
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     study = hierarchy.CreateStudyItem(hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "Patient"), "CT study")
     hierarchy.CreateItem(study, node)
