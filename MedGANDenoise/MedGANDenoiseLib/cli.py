@@ -52,7 +52,6 @@ from .image_io import (
     quiet_library_warnings,
     read_dicom_series,
     read_image,
-    resolved,
     scan_stem,
     stage_like,
 )
