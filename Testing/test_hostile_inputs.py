@@ -335,3 +335,21 @@ def test_an_uncompressed_nifti_named_nii_gz_is_still_read(tmp_path, models, caps
         assert one_line(err) and "truncated" not in err, err
     else:
         assert code == 0 and (tmp_path / "den.nrrd").exists(), err
+
+
+# --- the engine's refusals reach the user as one line ---------------------------------------------
+
+def test_engine_refusals_are_one_line_and_write_nothing(tmp_path, models, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    thin = write_scan(tmp_path / "thin.nrrd", np.random.default_rng(0).normal(30, 20, (9, 1, 1)).astype(np.int16))
+    code, err = run([str(thin), "-o", str(out / "d.nrrd"), "--noise", str(out / "n.nrrd"), "--modality", "CT"], models, capsys)
+    assert code == 2 and one_line(err) and "too thin to denoise" in err
+    huge = write_scan(tmp_path / "huge.nrrd", np.where(np.arange(4 * 8 * 8).reshape(4, 8, 8) % 2, 1e300, -1e300))
+    code, err = run([str(huge), "-o", str(out / "d.nrrd"), "--modality", "CT"], models, capsys)
+    assert code == 2 and one_line(err) and "beyond what float32" in err
+    if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        scan = write_scan(tmp_path / "scan.nrrd", ct_volume())
+        code, err = run([str(scan), "-o", str(out / "d.nrrd"), "--modality", "CT", "--device", "mps"], models, capsys)
+        assert code == 2 and one_line(err) and "'mps' (Apple GPU) is not available" in err
+    assert listing(out) == []
