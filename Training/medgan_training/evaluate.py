@@ -246,8 +246,10 @@ def simulated_stack(clean_path: str, degradation: str, slices: str, seed: int, a
 
     volume, spacing = load_volume(clean_path)
     volume = np.moveaxis(volume, axis, 0)
-    start, stop = (int(v) if v else None for v in slices.split(":"))
-    clean = volume[start:stop].astype(np.float32)
+    parts = slices.split(":")
+    if not 1 <= len(parts) <= 3:
+        raise ValueError(f"--slices {slices}: give a Python slice such as 55:71 or 68:88:3")
+    clean = volume[slice(*(int(v) if v else None for v in parts))].astype(np.float32)
     if not len(clean):
         raise ValueError(f"--slices {slices} selects no slice of {clean_path} ({volume.shape[0]} slices along axis {axis})")
     degrade = make_degradation(degradation)
