@@ -177,7 +177,7 @@ def nan_scan(path: Path) -> Path:
         (lambda p: write_scan(p, ct_volume()), ["--modality", "PET"], "no model for modality PET"),
         (lambda p: write_scan(p, ct_volume()), ["--modality", "CT", "--model", "tiny-mr"], "is a MR model"),
         (lambda p: write_scan(p, ct_volume()), ["--modality", "CT", "--model", "nope"], "unknown model 'nope'"),
-        (lambda p: write_scan(p, ct_volume()), ["--modality", "CT", "--variant", "dncnn"], "no 'dncnn' model for CT"),
+        (lambda p: write_scan(p, ct_volume()), ["--modality", "MR", "--variant", "dncnn"], "no 'dncnn' model for MR"),
     ],
 )
 def test_bad_input_gives_one_clear_line_and_writes_nothing(tmp_path, models, capsys, make_input, extra, message):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing as mp
+import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,7 +143,7 @@ def simulate_pairs(
         noisy = [_degrade_one(job) for job in jobs]
     if cache_file is not None and noisy:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache_file.with_name(cache_file.stem + ".part.npy")
+        partial = cache_file.with_name(f"{cache_file.stem}.{os.getpid()}.part.npy")  # distributed ranks write alike
         np.save(partial, np.stack(noisy).astype(np.float32))
         partial.replace(cache_file)
     return noisy
