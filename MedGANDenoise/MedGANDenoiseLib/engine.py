@@ -102,7 +102,7 @@ def resolve_device(device: str = "auto"):
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _mps_available(torch):
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -110,7 +110,7 @@ def resolve_device(device: str = "auto"):
             f"device {device!r} was asked for but PyTorch sees no CUDA GPU; use device 'cpu' or 'auto', "
             "or install a CUDA build of PyTorch (in Slicer: reinstall it through the PyTorch extension)"
         )
-    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+    if name == "mps" and not _mps_available(torch):
         raise ValueError("device 'mps' (Apple GPU) is not available on this machine; use device 'cpu' or 'auto'")
     try:
         chosen = torch.device(name)
@@ -130,7 +130,7 @@ def available_devices() -> list[tuple[str, str]]:
     devices = [("auto", "Auto"), ("cpu", "CPU")]
     if torch.cuda.is_available():
         devices += [(f"cuda:{i}", torch.cuda.get_device_name(i)) for i in range(torch.cuda.device_count())]
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+    if _mps_available(torch):
         devices.append(("mps", "Apple GPU (MPS)"))
     return devices
 
@@ -333,7 +333,14 @@ def _compute_dtype(precision: str, generator, device):
     return torch.float32
 
 
-def _cpu_has_native_bf16(torch) -> bool:
+def _mps_available(torch) -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU runs bfloat16 convolutions natively (oneDNN), where bf16 autocast pays."""
+    import torch
+
     try:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

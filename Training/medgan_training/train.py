@@ -36,13 +36,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from MedGANDenoiseLib.engine import denoise_volume
+from MedGANDenoiseLib.engine import cpu_has_native_bf16, denoise_volume
 from MedGANDenoiseLib.networks import PatchDiscriminator, build_generator, init_weights
 from MedGANDenoiseLib.normalization import default_normalizer
 from MedGANDenoiseLib.registry import LoadedModel, ModelCard, normalize_modality, write_model
 
 from .datasets import PatchDataset, SlicePair, evenly_spaced, foreground_threshold, load_volume, pair_folders, simulate_pairs, split_slabs
 from .degradations import make_degradation
+from .evaluate import model_branches
 from .metrics import format_summary, slice_metrics, summarize, window_for
 
 
@@ -232,10 +233,7 @@ def training_autocast_dtype(precision: str, device: torch.device) -> torch.dtype
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     if device.type == "cpu":
-        try:
-            return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
-        except (AttributeError, RuntimeError):
-            return None
+        return torch.bfloat16 if cpu_has_native_bf16() else None
     return None
 
 
@@ -270,27 +268,15 @@ def validate(generator: torch.nn.Module, val_pairs: list[tuple[np.ndarray, np.nd
         result = denoise_volume(noisy, model, cfg.modality, device=str(device), precision="fp32")
         per_slice.append(slice_metrics(result.denoised, clean, window))
         outputs.append((result.denoised, result.noise))
-        content, x_minus_noise = branch_outputs(generator, noisy, cfg, device)
-        branches["content"].append(slice_metrics(content, clean, window))
-        branches["x_minus_noise"].append(slice_metrics(x_minus_noise, clean, window))
+        estimates = model_branches(model, noisy[None], str(device))
+        branches["content"].append(slice_metrics(estimates["content branch c"][0], clean, window))
+        branches["x_minus_noise"].append(slice_metrics(estimates["x - n branch"][0], clean, window))
     generator.train()
     metrics = summarize(per_slice)
     for name, values in branches.items():
         summary = summarize(values)
         metrics[f"{name}_psnr"], metrics[f"{name}_bias"] = summary["psnr"], summary["bias"]
     return metrics, outputs
-
-
-def branch_outputs(generator: torch.nn.Module, noisy: np.ndarray, cfg: TrainConfig, device: torch.device):
-    """The content estimate c and the second estimate x - n of one slice, in original units."""
-    normalizer = default_normalizer(cfg.modality)
-    params = normalizer.fit(noisy)
-    x = torch.from_numpy(normalizer.forward(noisy, params))[None, None].to(device)
-    generator.eval()
-    with torch.inference_mode():
-        _, content, noise = generator(x)
-    to_units = lambda t: normalizer.inverse(t.float()[0, 0].cpu().numpy(), params)
-    return to_units(content), to_units(x - noise)
 
 
 def input_metrics(val_pairs, cfg: TrainConfig) -> dict[str, float]:
