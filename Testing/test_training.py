@@ -72,8 +72,9 @@ def test_run_writes_log_pictures_checkpoint_and_exported_model_reproduces_metric
     # the same held-out slices, rebuilt from the same configuration, through the engine
     _, val_pairs, _ = training.build_training_data(training.parse_args(args))
     def engine_metrics(precision: str) -> dict[str, float]:
-        return summarize([slice_metrics(denoise_volume(n, model, "CT", device="cpu", precision=precision).denoised, c,
-                                        window_for("CT", c)) for n, c in val_pairs])
+        return summarize([slice_metrics(denoise_volume(v.noisy, model, "CT", device="cpu", precision=precision,
+                                                       normalization=v.params).denoised, v.clean,
+                                        window_for("CT", v.clean)) for v in val_pairs])
 
     reproduced = engine_metrics("fp32")  # the card's metrics are measured in float32 on the stored (fp16) weights
     assert reproduced["psnr"] == pytest.approx(card.metrics["validation"]["psnr"], abs=1e-4)
@@ -84,6 +85,85 @@ def test_run_writes_log_pictures_checkpoint_and_exported_model_reproduces_metric
     weights = torch.load(card.path, weights_only=True)
     assert any(v.dtype == torch.float16 for v in weights.values()), "convolution weights are stored as fp16"
     assert weights["fusion.weight"].dtype == torch.float32, "the fusion keeps float32"
+
+
+def write_mr_phantom(path: Path, slices: int = 24, size: int = 48) -> Path:
+    """An MR-like scan in arbitrary units: dark background around a head of two tissues, the same
+    anatomy on every slice so that a slab and the whole volume share their intensity statistics."""
+    yy, xx = np.mgrid[:size, :size] - size / 2
+    radius = np.hypot(yy, xx)
+    image = np.zeros((size, size), np.float32)
+    image[radius < size * 0.42] = 300.0
+    image[radius < size * 0.30] = 700.0
+    image[(np.abs(yy) < 3) & (radius < size * 0.30)] = 450.0
+    volume = np.repeat(image[None], slices, axis=0)
+    sitk.WriteImage(sitk.GetImageFromArray(volume), str(path))
+    return path
+
+
+def test_normalisation_is_fitted_on_the_degraded_image_in_training_validation_and_inference(tmp_path):
+    """The percentile normalisation of MR/PET: training patches, validation slices and the engine
+    must all see the scale of the noisy image, the only one a user has."""
+    from MedGANDenoiseLib.normalization import default_normalizer
+    from medgan_training.degradations import make_degradation
+
+    path = write_mr_phantom(tmp_path / "mr.nii.gz")
+    spec = "rician:sigma=0.08"
+    args = ["--clean", str(path), "--modality", "MR", "--degradation", spec, "--variants-per-slice", "1",
+            "--val-fraction", "0.25", "--val-slices", "3", "--patch-size", "32", "--width", "4", "--depth", "2", "--sim-cache", "", "--out", str(tmp_path / "run")]
+    dataset, val_pairs, _ = training.build_training_data(training.parse_args(args))
+    train_params = dataset.pairs[0].params
+    assert all(p.params == train_params for p in dataset.pairs), "one normalisation per scan"
+    val_params = val_pairs[0].params
+
+    clean = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    degrade = make_degradation(spec)
+    rng = np.random.default_rng(7)
+    noisy_volume = np.stack([degrade(s, rng) for s in clean])  # what a user brings to the engine
+    normalizer = default_normalizer("MR")
+    inference_params, clean_params = normalizer.fit(noisy_volume), normalizer.fit(clean)
+
+    def relative_difference(a, b) -> float:
+        return max(abs(a.offset - b.offset), abs(a.scale - b.scale)) / b.scale
+
+    assert relative_difference(train_params, inference_params) < 0.02
+    assert relative_difference(val_params, inference_params) < 0.02
+    assert relative_difference(clean_params, inference_params) > 0.05, "the test must tell a clean-image fit apart"
+
+    # the engine fits that same normalisation itself when none is given
+    model_card = training.card_for(training.parse_args(args))
+    from MedGANDenoiseLib.registry import LoadedModel
+    from MedGANDenoiseLib.networks import build_generator
+
+    generator = build_generator(**model_card.architecture).eval()
+    model = LoadedModel(card=model_card, generator=generator)
+    fitted = denoise_volume(noisy_volume, model, "MR", device="cpu", precision="fp32")
+    given = denoise_volume(noisy_volume, model, "MR", device="cpu", precision="fp32", normalization=inference_params)
+    other = denoise_volume(noisy_volume, model, "MR", device="cpu", precision="fp32", normalization=clean_params)
+    np.testing.assert_array_equal(fitted.denoised, given.denoised)
+    assert np.abs(other.denoised - fitted.denoised).max() > 0, "the normalisation given is the one used"
+
+
+def test_two_d_images_train_on_some_images_and_validate_on_others(tmp_path):
+    """X-ray and ultrasound come as single 2-D images: no slab can be held out of one, so whole
+    images are held out with --val-clean and never trained on."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for name in ("train_a", "train_b", "held_out"):
+        image = sitk.GetImageFromArray((rng.random((1, 64, 80)) * 500 + 100).astype(np.float32))
+        sitk.WriteImage(image, str(tmp_path / f"{name}.nii.gz"))
+        paths.append(tmp_path / f"{name}.nii.gz")
+    args = ["--clean", str(paths[0]), str(paths[1]), "--val-clean", str(paths[2]), "--modality", "XRAY",
+            "--degradation", "gaussian:sigma=0.05", "--variants-per-slice", "2", "--patch-size", "32", "--sim-cache", "",
+            "--out", str(tmp_path / "run")]
+    dataset, val_pairs, info = training.build_training_data(training.parse_args(args))
+    held_out = sitk.GetArrayFromImage(sitk.ReadImage(str(paths[2])))[0]
+    assert len(val_pairs) == 1 and np.array_equal(val_pairs[0].clean, held_out)
+    assert len(dataset.pairs) == 4, "both training images, two degraded versions each"
+    assert not any(np.array_equal(p.clean, held_out) for p in dataset.pairs)
+    assert info["scans"][2]["validation_only"] and info["scans"][2]["train_slices"] == 0
+    with pytest.raises(ValueError, match="no validation slices"):
+        training.build_training_data(training.parse_args(args[:3] + args[5:]))
 
 
 def generator_state(checkpoint: Path) -> dict[str, torch.Tensor]:

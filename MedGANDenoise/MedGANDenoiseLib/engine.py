@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from .normalization import Normalizer
+from .normalization import NormalizationParams, Normalizer
 from .registry import LoadedModel, normalize_modality
 
 ProgressCallback = Callable[[int, int], None]
@@ -168,6 +168,7 @@ def denoise_volume(
     precision: str = "auto",
     progress: ProgressCallback | None = None,
     should_cancel: CancelCheck | None = None,
+    normalization: NormalizationParams | None = None,
 ) -> DenoiseResult:
     """Denoise a 2-D image or a 3-D volume slice by slice along `axis` (default 0, the slice axis
     of a numpy (k, j, i) volume). Returns float32 `denoised` and `noise` in the input's units with
@@ -184,6 +185,8 @@ def denoise_volume(
     progress(done, total) is called after each batch; should_cancel() is checked before each
     batch and makes the run raise DenoiseCancelled. On GPU out-of-memory the batch is halved and
     retried, then the run falls back to the CPU with a warning; the caller's model is never moved.
+    normalization: the offset/scale to use instead of fitting the model's normalisation on
+    `volume`, for slices cut from a larger degraded volume (training validation does this).
     """
     import torch
 
@@ -216,7 +219,7 @@ def denoise_volume(
         )
 
     normalizer = Normalizer.from_dict(card.normalization)
-    params = normalizer.fit(volume)
+    params = normalization if normalization is not None else normalizer.fit(volume)
     padding_below = CT_PADDING_BELOW_HU if card.modality == "CT" else None
     denoised = np.empty(volume.shape, dtype=np.float32)
     noise = np.empty(volume.shape, dtype=np.float32)

@@ -1,8 +1,9 @@
 """Intensity normalisation shared by training and inference.
 
 CT is calibrated in HU, so every CT scan gets one fixed affine map. MR and PET are in arbitrary
-units and are scaled per volume by robust percentiles. The map is affine and never clipped, so
-the inverse is exact; the model card stores which map a model was trained with.
+units and are scaled per volume by robust percentiles, fitted on the degraded image in training,
+validation and inference alike (users only have the noisy one). The map is affine and never
+clipped, so the inverse is exact; the model card stores which map a model was trained with.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -104,6 +104,15 @@ class SlicePair:
     clean: np.ndarray
     params: NormalizationParams
     foreground: float  # intensity above which a pixel counts as body, not air/background
+
+
+class ValidationSlice(NamedTuple):
+    """One held-out degraded/clean slice and the normalisation of the degraded slab it was cut
+    from: fitted on the degraded image, as the engine fits it on the user's (noisy) volume."""
+
+    noisy: np.ndarray
+    clean: np.ndarray
+    params: NormalizationParams
 
 
 def foreground_threshold(volume: np.ndarray, modality: str) -> float:

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from MedGANDenoiseLib.engine import CT_PADDING_BELOW_HU, denoise_volume, inference_copy, resolve_device
-from MedGANDenoiseLib.normalization import Normalizer
+from MedGANDenoiseLib.normalization import NormalizationParams, Normalizer
 from MedGANDenoiseLib.registry import LoadedModel, ModelRegistry, load_model, normalize_modality
 
 from .baselines import BASELINES, ORACLE_NOTE, Scaling
@@ -70,13 +70,15 @@ def parse_methods(text: str | list[str] | None) -> tuple[str, ...]:
     return tuple(m for m in METHODS if m in chosen)
 
 
-def model_branches(model: LoadedModel, noisy: np.ndarray, device: str = "auto") -> dict[str, np.ndarray]:
+def model_branches(model: LoadedModel, noisy: np.ndarray, device: str = "auto",
+                   normalization: NormalizationParams | None = None) -> dict[str, np.ndarray]:
     """Each generator branch on its own, in fp32 on whole slices: the content estimate c and the
-    second estimate x - n, in the input's units (CT padding shown as air, as the engine does)."""
+    second estimate x - n, in the input's units (CT padding shown as air, as the engine does).
+    The normalisation is fitted on `noisy` unless given, as in denoise_volume."""
     import torch
 
     normalizer = Normalizer.from_dict(model.card.normalization)
-    params = normalizer.fit(noisy)
+    params = normalization if normalization is not None else normalizer.fit(noisy)
     torch_device = resolve_device(device)
     generator = inference_copy(model.generator, torch_device)
     network_input = noisy

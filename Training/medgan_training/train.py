@@ -41,7 +41,7 @@ from MedGANDenoiseLib.networks import PatchDiscriminator, build_generator, init_
 from MedGANDenoiseLib.normalization import default_normalizer
 from MedGANDenoiseLib.registry import LoadedModel, ModelCard, normalize_modality, write_model
 
-from .datasets import PatchDataset, SlicePair, evenly_spaced, foreground_threshold, load_volume, pair_folders, simulate_pairs, split_slabs
+from .datasets import PatchDataset, SlicePair, ValidationSlice, evenly_spaced, foreground_threshold, load_volume, pair_folders, simulate_pairs, split_slabs
 from .degradations import make_degradation
 from .evaluate import model_branches
 from .metrics import format_summary, slice_metrics, summarize, window_for
@@ -58,6 +58,8 @@ def option(default: Any, help: str) -> Any:
 class TrainConfig:
     # data: clean scans + a simulated degradation, or paired low/high folders
     clean: list[str] = option([], "Clean scans (NIfTI, NRRD, MHA or a DICOM folder) to degrade with --degradation.")
+    val_clean: list[str] = option([], "Clean scans used whole for validation only, never for training (e.g. held-out "
+                                  "2-D images, whose one slice cannot be split into a slab).")
     low: str = option("", "Folder of low-quality scans, paired by file name with --high (real paired data).")
     high: str = option("", "Folder of high-quality scans paired with --low.")
     modality: str = option("CT", "Modality of the scans (CT, MR, PET, XRAY, US); sets the intensity normalisation.")
@@ -178,12 +180,17 @@ def default_val_degradation(spec: str) -> str:
     return spec
 
 
-def build_training_data(cfg: TrainConfig) -> tuple[PatchDataset, list[tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
+def build_training_data(cfg: TrainConfig) -> tuple[PatchDataset, list[ValidationSlice], dict[str, Any]]:
     """Training patches and whole validation slices (noisy, clean in original units) from
-    paired folders or from clean scans plus the simulated degradation."""
+    paired folders or from clean scans plus the simulated degradation.
+
+    The intensity normalisation of each scan is fitted on its degraded slices, never the clean
+    ones: users have only the noisy image, and the engine fits on it (a clean-image fit shifted
+    the MR/PET scale by -16 % / +9 %). Training slices use the fit on the degraded training slices,
+    validation slices the fit on the degraded held-out slab."""
     normalizer = default_normalizer(cfg.modality)
     train_pairs: list[SlicePair] = []
-    val_pairs: list[tuple[np.ndarray, np.ndarray]] = []
+    val_pairs: list[ValidationSlice] = []
     info: dict[str, Any] = {"axis": cfg.axis, "val_fraction": cfg.val_fraction, "scans": []}
     if cfg.low and cfg.high:
         for low_path, high_path in pair_folders(cfg.low, cfg.high):
@@ -193,30 +200,41 @@ def build_training_data(cfg: TrainConfig) -> tuple[PatchDataset, list[tuple[np.n
             params, threshold = normalizer.fit(low), foreground_threshold(high, cfg.modality)
             train_slices, val_slices = split_slabs(len(high), cfg.val_fraction, position=cfg.val_position)
             train_pairs += [SlicePair(low[i], high[i], params, threshold) for i in train_slices]
-            val_pairs += [(low[i], high[i]) for i in val_slices]
+            val_pairs += [ValidationSlice(low[i], high[i], params) for i in val_slices]
             info["scans"].append({"low": str(low_path), "high": str(high_path), "train_slices": len(train_slices), "val_slices": len(val_slices)})
     else:
         degrade = make_degradation(cfg.degradation)
         val_spec = cfg.val_degradation or default_val_degradation(cfg.degradation)
         val_degrade = make_degradation(val_spec)
         info["val_degradation"] = val_spec
-        for scan_index, path in enumerate(cfg.clean):
+        scans = [(path, False) for path in cfg.clean] + [(path, True) for path in cfg.val_clean]
+        for scan_index, (path, validation_only) in enumerate(scans):
             volume, spacing = load_volume(path)
             volume = np.moveaxis(volume, cfg.axis, 0)
             pixel_size = float(spacing[1] if cfg.axis == 2 else spacing[0])
-            params, threshold = normalizer.fit(volume), foreground_threshold(volume, cfg.modality)
-            train_slices, val_slices = split_slabs(len(volume), cfg.val_fraction, position=cfg.val_position)
-            clean = [volume[i] for i in train_slices]
-            noisy = simulate_pairs(clean, degrade, cfg.variants_per_slice, cfg.seed + scan_index, pixel_size,
-                                   workers=min(2, os.cpu_count() or 1), cache_dir=cfg.sim_cache or None)
-            train_pairs += [SlicePair(n, clean[k // cfg.variants_per_slice], params, threshold) for k, n in enumerate(noisy)]
-            for i in val_slices:
-                rng = np.random.default_rng([cfg.seed, 10_000 + scan_index, i])
-                val_pairs.append((val_degrade(volume[i], rng, pixel_size_mm=pixel_size), volume[i]))
+            threshold = foreground_threshold(volume, cfg.modality)
+            if validation_only:
+                train_slices, val_slices = [], range(len(volume))
+            else:
+                train_slices, val_slices = split_slabs(len(volume), cfg.val_fraction, position=cfg.val_position)
+            if train_slices:
+                clean = [volume[i] for i in train_slices]
+                noisy = simulate_pairs(clean, degrade, cfg.variants_per_slice, cfg.seed + scan_index, pixel_size,
+                                       workers=min(2, os.cpu_count() or 1), cache_dir=cfg.sim_cache or None)
+                params = normalizer.fit(np.stack(noisy[:: cfg.variants_per_slice]))  # one degraded copy of the slices
+                train_pairs += [SlicePair(n, clean[k // cfg.variants_per_slice], params, threshold) for k, n in enumerate(noisy)]
+            held_out = [val_degrade(volume[i], np.random.default_rng([cfg.seed, 10_000 + scan_index, i]), pixel_size_mm=pixel_size)
+                        for i in val_slices]
+            if held_out:
+                val_params = normalizer.fit(np.stack(held_out))
+                val_pairs += [ValidationSlice(n, volume[i], val_params) for n, i in zip(held_out, val_slices)]
             info["scans"].append({"clean": str(path), "train_slices": len(train_slices),
-                                  "val_slices": f"{val_slices.start}-{val_slices.stop - 1}" if val_slices else "none"})
+                                  "val_slices": f"{val_slices.start}-{val_slices.stop - 1}" if val_slices else "none",
+                                  **({"validation_only": True} if validation_only else {})})
     if not val_pairs:
-        raise ValueError("no validation slices: give a scan with more slices or a larger --val-fraction")
+        raise ValueError("no validation slices: give a scan with more slices, a larger --val-fraction or --val-clean scans")
+    if not train_pairs:
+        raise ValueError("no training slices: give --clean scans with more slices or a smaller --val-fraction")
     val_pairs = [val_pairs[i] for i in evenly_spaced(range(len(val_pairs)), cfg.val_slices)]
     info["val_slices_used"] = len(val_pairs)
     dataset = PatchDataset(train_pairs, normalizer, cfg.patch_size, cfg.samples_per_epoch, seed=cfg.seed)
@@ -258,17 +276,17 @@ def card_for(cfg: TrainConfig, model_id: str = "in-training") -> ModelCard:
     )
 
 
-def validate(generator: torch.nn.Module, val_pairs: list[tuple[np.ndarray, np.ndarray]], cfg: TrainConfig, device: torch.device):
+def validate(generator: torch.nn.Module, val_pairs: list[ValidationSlice], cfg: TrainConfig, device: torch.device):
     """Metrics of the generator on whole held-out slices, run through the inference engine in
     float32, plus each branch on its own (content c, and x - n) so the fusion's benefit shows."""
     model = LoadedModel(card=card_for(cfg), generator=generator)
     per_slice, outputs, branches = [], [], {"content": [], "x_minus_noise": []}
-    for noisy, clean in val_pairs:
+    for noisy, clean, params in val_pairs:
         window = window_for(cfg.modality, clean)
-        result = denoise_volume(noisy, model, cfg.modality, device=str(device), precision="fp32")
+        result = denoise_volume(noisy, model, cfg.modality, device=str(device), precision="fp32", normalization=params)
         per_slice.append(slice_metrics(result.denoised, clean, window))
         outputs.append((result.denoised, result.noise))
-        estimates = model_branches(model, noisy[None], str(device))
+        estimates = model_branches(model, noisy[None], str(device), normalization=params)
         branches["content"].append(slice_metrics(estimates["content branch c"][0], clean, window))
         branches["x_minus_noise"].append(slice_metrics(estimates["x - n branch"][0], clean, window))
     generator.train()
@@ -280,7 +298,7 @@ def validate(generator: torch.nn.Module, val_pairs: list[tuple[np.ndarray, np.nd
 
 
 def input_metrics(val_pairs, cfg: TrainConfig) -> dict[str, float]:
-    return summarize([slice_metrics(noisy, clean, window_for(cfg.modality, clean)) for noisy, clean in val_pairs])
+    return summarize([slice_metrics(v.noisy, v.clean, window_for(cfg.modality, v.clean)) for v in val_pairs])
 
 
 def save_panel(path: Path, noisy: np.ndarray, denoised: np.ndarray, noise: np.ndarray, clean: np.ndarray, cfg: TrainConfig, title: str) -> None:
