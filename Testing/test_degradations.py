@@ -158,3 +158,28 @@ def test_every_kind_degrades_a_slice_and_keeps_its_shape(spec):
     out = make_degradation(spec)(image, np.random.default_rng(1))
     assert out.shape == image.shape and out.dtype == np.float32
     assert not np.allclose(out, image)
+
+
+def test_one_of_draws_each_alternative_and_rejects_a_bad_one():
+    from medgan_training.degradations import make_degradation
+
+    image = np.full((32, 32), 100.0, np.float32)
+    image[8:24, 8:24] = 400.0
+    specs = ("rician:sigma=0.05", "mr_undersample:acceleration=4")
+    degrade = make_degradation("|".join(specs))
+    singles = [make_degradation(s) for s in specs]
+
+    def after_the_draw(seed: int) -> np.random.Generator:
+        rng = np.random.default_rng(seed)
+        rng.integers(len(specs))  # the choice of the alternative is drawn first
+        return rng
+
+    seen = set()
+    for seed in range(20):
+        out = degrade(image, np.random.default_rng(seed))
+        matches = [s for s, single in zip(specs, singles) if np.array_equal(out, single(image, after_the_draw(seed)))]
+        assert len(matches) == 1, "every output is exactly one of the alternatives"
+        seen.update(matches)
+    assert seen == set(specs)
+    with pytest.raises(ValueError, match="unknown degradation"):
+        make_degradation("rician:sigma=0.05|nonsense")

@@ -12,6 +12,7 @@ One function per degradation, plus `make_degradation(spec)` that builds a callab
     rician:sigma=0.02-0.05                 Rician noise, sigma relative to the slice's robust max
     gaussian:sigma=0.01-0.05 | poisson:peak=20-200 | speckle:sigma=0.05-0.2 | salt_pepper:amount=0.001-0.01
     mixed                                  one of the four generic kinds at a random strength
+    spec1|spec2[|...]                      one of the specs, drawn per call (list one twice to weight it)
 
 Strengths of the MR, PET and generic kinds are relative to the slice's 99.5th percentile, so a
 spec means the same on any intensity scale. CT works in HU.
@@ -347,8 +348,26 @@ class Degradation:
         return _generic(kind, image, scale, p, rng)
 
 
-def make_degradation(spec: str) -> Degradation:
-    """A callable degrade(clean_slice, rng, pixel_size_mm=1.0) -> degraded float32 slice."""
+class OneOf:
+    """Several degradations, one drawn per call with equal chance ("a|b": list one twice to
+    weight it double), for a model that must handle each, as MR thermal noise and undersampling."""
+
+    def __init__(self, spec: str):
+        self.spec = spec
+        self.choices = [Degradation(part) for part in spec.split("|")]
+
+    def __repr__(self) -> str:
+        return f"OneOf({self.spec!r})"
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator, pixel_size_mm: float = 1.0) -> np.ndarray:
+        return self.choices[int(rng.integers(len(self.choices)))](image, rng, pixel_size_mm=pixel_size_mm)
+
+
+def make_degradation(spec: str) -> Degradation | OneOf:
+    """A callable degrade(clean_slice, rng, pixel_size_mm=1.0) -> degraded float32 slice;
+    "spec1|spec2" draws one of the specs per call."""
+    if "|" in spec:
+        return OneOf(spec)
     return Degradation(spec)
 
 
