@@ -149,3 +149,19 @@ def test_command_reports_an_unknown_method_or_model(tmp_path, tiny_model_dir, ca
     assert evaluate.main(["--real-ldct-pair", str(tmp_path), "--methods", "model", "--model", "nope",
                           "--models-dir", str(tiny_model_dir), "--out", str(tmp_path / "b")]) == 2
     assert "nope" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def test_a_two_d_image_is_degraded_whole_and_cut_into_tiles(tmp_path):
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(0)
+    image = (rng.random((1, 100, 130)) * 400 + 100).astype(np.float32)
+    path = tmp_path / "xray.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(image), str(path))
+    noisy, clean = evaluate.simulated_stack(str(path), "gaussian:sigma=0.05", ":", seed=3, tile=48)
+    assert clean.shape == (4, 48, 48), "2 x 2 whole tiles fit in 100 x 130; the remainder is left out"
+    np.testing.assert_array_equal(clean[1], image[0, 0:48, 48:96])
+    whole, _ = evaluate.simulated_stack(str(path), "gaussian:sigma=0.05", ":", seed=3)
+    np.testing.assert_array_equal(noisy[3], whole[0, 48:96, 48:96])  # the same noise as the whole image's
+    with pytest.raises(ValueError, match="larger than"):
+        evaluate.simulated_stack(str(path), "gaussian:sigma=0.05", ":", seed=3, tile=120)

@@ -241,8 +241,11 @@ def nps_figure(path: Path, spectra: dict) -> None:
     plt.close(fig)
 
 
-def simulated_stack(clean_path: str, degradation: str, slices: str, seed: int, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Held-out clean slices of a scan and their degraded versions (fixed seed)."""
+def simulated_stack(clean_path: str, degradation: str, slices: str, seed: int, axis: int = 0,
+                    tile: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out clean slices of a scan and their degraded versions (fixed seed). With `tile`, each
+    slice is degraded whole and then cut into non-overlapping tile x tile squares that become the
+    slices: a large 2-D X-ray or ultrasound image gives a mean +- std over its regions."""
     from .datasets import load_volume
     from .degradations import make_degradation
 
@@ -258,6 +261,13 @@ def simulated_stack(clean_path: str, degradation: str, slices: str, seed: int, a
     rng = np.random.default_rng(seed)
     in_plane = [s for i, s in enumerate(reversed(spacing)) if i != axis]
     noisy = np.stack([degrade(s, rng, pixel_size_mm=float(in_plane[0])) for s in clean]).astype(np.float32)
+    if tile:
+        height, width = clean.shape[1:]
+        if tile > min(height, width):
+            raise ValueError(f"--tile {tile} is larger than the {height} x {width} slices")
+        corners = [(r, c) for r in range(0, height - tile + 1, tile) for c in range(0, width - tile + 1, tile)]
+        cut = lambda stack: np.stack([s[r : r + tile, c : c + tile] for s in stack for r, c in corners])
+        noisy, clean = cut(noisy), cut(clean)
     return noisy, clean
 
 
@@ -272,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", default="-16:", help="Python slice of the held-out slices along --axis (default: the last 16).")
     parser.add_argument("--axis", type=int, default=0, help="Slice axis of the numpy (k, j, i) volume.")
     parser.add_argument("--seed", type=int, default=1234, help="Seed of the simulated noise.")
+    parser.add_argument("--tile", type=int, default=0,
+                        help="Cut each degraded slice into tiles of this side, used as the slices (2-D X-ray, ultrasound).")
     parser.add_argument("--methods", action="append", help=f"Comma-separated subset of: {', '.join(METHODS)} (default: all).")
     parser.add_argument("--model", dest="models", action="append", metavar="ID",
                         help="A model id to evaluate (repeatable; default: every registered model of the modality).")
@@ -293,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             noisy, clean = load_real_ldct_pair(args.real_ldct_pair)
         else:
             modality = normalize_modality(args.modality)
-            noisy, clean = simulated_stack(args.clean, args.degradation, args.slices, args.seed, args.axis)
+            noisy, clean = simulated_stack(args.clean, args.degradation, args.slices, args.seed, args.axis, args.tile)
         summaries, outputs, window = evaluate(noisy, clean, modality, methods=methods, models=args.models,
                                               models_dirs=tuple(args.models_dir), branches=not args.no_branches,
                                               device=args.device, tune_slices=args.tune_slices, tune_crop=args.tune_crop)
@@ -307,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(summaries, window, unit)
     source = (f"real pair {args.real_ldct_pair}" if args.real_ldct_pair else
-              f"{args.clean} slices {args.slices} (axis {args.axis}), {args.degradation}, seed {args.seed}")
+              f"{args.clean} slices {args.slices} (axis {args.axis}){f', {args.tile}-pixel tiles' if args.tile else ''}, "
+              f"{args.degradation}, seed {args.seed}")
     (args.out / "table.md").write_text(f"Data: {source}.\n\n{table}")
     report = {"source": source, "window": window.label(unit), "methods": summaries}
     written = [args.out / "table.md", args.out / "metrics.json", args.out / "comparison.png"]
