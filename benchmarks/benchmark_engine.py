@@ -1,6 +1,6 @@
 """Speed and memory of the denoising engine beside the classical filters (a measurement, not a test).
 
-    python benchmarks/benchmark_engine.py [--models ID ...] [--slices 6] [--volume-slices 200] [--device cpu|cuda]
+    python benchmarks/benchmark_engine.py [--models ID ...] [--slices 6] [--volume-slices 200] [--write-cards]
 
 For each model (default: every shipped model), on the same 512 x 512 slices of a noisy body-like
 phantom and in the same run:
@@ -129,6 +129,29 @@ def gpu_timing(model, size: int, batch_size: int) -> dict[str, float]:
             "peak_gpu_memory_mib": torch.cuda.max_memory_allocated() / MIB}
 
 
+def write_speed_to_cards(rows: list[dict], classical: dict[str, float], args) -> None:
+    """metrics.speed of each timed model in the shipped registry.json (weights untouched)."""
+    import sys
+
+    from MedGANDenoiseLib.registry import REGISTRY_FILE, SHIPPED_MODELS_DIR
+
+    path = SHIPPED_MODELS_DIR / REGISTRY_FILE
+    content = json.loads(path.read_text())
+    timed = {r["model"]: r for r in rows}
+    for entry in content["models"]:
+        if entry["id"] in timed:
+            entry.setdefault("metrics", {})["speed"] = {
+                f"cpu_seconds_per_slice_{args.size}": round(timed[entry["id"]]["seconds_per_slice_fp32"], 3),
+                "note": f"{args.slices} slices of {args.size} x {args.size} denoised as one volume, float32 (the CPU default)",
+                "nlm_fast_seconds_per_slice": round(classical["nlm_fast"], 3),
+                "bm3d_seconds_per_slice": round(classical["bm3d"], 2),
+                "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+                "command": "python " + " ".join(sys.argv),
+            }
+    path.write_text(json.dumps(content, indent=2) + "\n")
+    print(f"wrote the speed of {len(timed)} model(s) into {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="*", help="registered model ids (default: every shipped model)")
@@ -136,6 +159,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--volume-slices", type=int, default=200, help="slices of the memory test volume (0: skip)")
     parser.add_argument("--gpu-batch-sizes", type=int, nargs="*", default=[8, 32, 64])
+    parser.add_argument("--write-cards", action="store_true",
+                        help="store each timed shipped model's CPU seconds per slice in its card (metrics.speed)")
     args = parser.parse_args()
 
     registry = ModelRegistry.default()
@@ -153,6 +178,8 @@ def main() -> None:
                    "bm3d_speedup": classical["bm3d"] / timing["seconds_per_slice"]}
         print(json.dumps(timing))
         rows.append(timing)
+    if args.write_cards:
+        write_speed_to_cards(rows, classical, args)
     memory = None
     if args.volume_slices and ids:
         memory = volume_memory(load_model(registry.get(ids[0])), args.volume_slices, args.size)
