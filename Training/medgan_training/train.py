@@ -94,7 +94,7 @@ class TrainConfig:
     lr: float = option(2e-4, "Generator learning rate (Adam, betas 0.5/0.999).")
     lr_d: float = option(2e-4, "Discriminator learning rate.")
     fusion_lr_scale: float = option(10.0, "Learning-rate multiplier of the 2-weight fusion (Adam moves each weight about lr a step).")
-    calibrate_fusion: bool = option(True, "Before export, refit the fusion by least squares on training patches in eval mode.")
+    calibrate_fusion: bool = option(True, "Before export, refit the fusion weight by least squares on training patches in eval mode (bias 0).")
     cosine_lr: bool = option(False, "Anneal both learning rates to zero over the epochs (cosine).")
     batch_size: int = option(16, "Patches per optimisation step on each process.")
     epochs: int = option(20, "Training epochs.")
@@ -378,34 +378,33 @@ def git_commit() -> str:
 def calibrate_fusion(generator: torch.nn.Module, train_set: PatchDataset, device: torch.device,
                      patches: int = 512) -> list[float]:
     """Refit the 1x1 fusion on training patches, with the predictors in eval mode as users run
-    them, as the convex combination y = a c + (1 - a)(x - n) + b, a in [0, 1], b by least squares.
+    them, as the convex combination y = a c + (1 - a)(x - n), a in [0, 1] by least squares, no bias.
 
     During training the fusion follows batch-statistics outputs and, at the learning rate it needs
     to move at all, its bias jitters by several HU a step; in eval mode the branches shift with
     BatchNorm's running statistics. A closed-form fit on training data (never the validation slab)
     removes both. The weights are tied to sum to one because the two estimates are nearly equal:
-    a free two-weight fit is ill-conditioned and would amplify their difference. Returns the
-    fitted [weight on c, weight on x - n, bias]."""
+    a free two-weight fit is ill-conditioned and would amplify their difference. The bias is fixed
+    at zero: each branch is trained to be unbiased on its own, while a constant fitted on the
+    training patches (drawn from the body) shifted the background of MR slices (+0.2 to +0.6 on a
+    0-155 range, SSIM 0.913 -> 0.945 for the DnCNN without it). Returns [a, 1 - a, 0]."""
     generator.eval()
-    content_minus_second, target_minus_second = [], []
+    numerator, denominator = 0.0, 0.0
     with torch.inference_mode():
         for index in range(min(patches, len(train_set))):
             noisy, clean = train_set[index]
             x = noisy[None].to(device).float()
             _, content, noise = generator(x)
             second = x - noise
-            content_minus_second.append((content - second).flatten().double().cpu())
-            target_minus_second.append((clean.to(device)[None] - second).flatten().double().cpu())
-    d, t = torch.cat(content_minus_second), torch.cat(target_minus_second)
-    d_mean, t_mean = d.mean(), t.mean()
-    variance = float(((d - d_mean) ** 2).mean())
-    a = float(((d - d_mean) * (t - t_mean)).mean()) / variance if variance > 0 else 0.5
+            difference = (content - second).double()
+            numerator += float((difference * (clean.to(device)[None].double() - second.double())).sum())
+            denominator += float((difference**2).sum())
+    a = numerator / denominator if denominator > 0 else 0.5
     a = min(max(a, 0.0), 1.0)
-    b = float(t_mean - a * d_mean)
     with torch.no_grad():
         generator.fusion.weight.copy_(torch.tensor([a, 1.0 - a]).view_as(generator.fusion.weight))
-        generator.fusion.bias.fill_(b)
-    return [a, 1.0 - a, b]
+        generator.fusion.bias.zero_()
+    return [a, 1.0 - a, 0.0]
 
 
 def round_to_storage_precision(generator: torch.nn.Module) -> torch.nn.Module:
