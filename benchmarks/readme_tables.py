@@ -1,0 +1,56 @@
+"""One markdown table per modality from the runs of benchmarks/evaluate_zoo.sh: a row per method,
+a column per held-out condition, each cell PSNR (mean +- std) / SSIM / RMSE.
+
+    python benchmarks/readme_tables.py [--root output/evaluate] mr_rician04="Rician 4 %" mr_rician08 ...
+
+A run may carry its column title after "=".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def table(root: Path, columns: list[str]) -> str:
+    titles = dict(c.split("=", 1) if "=" in c else (c, c) for c in columns)
+    runs = list(titles)
+    reports = {run: json.loads((root / run / "metrics.json").read_text()) for run in runs}
+    methods: list[str] = []
+    for report in reports.values():
+        methods += [m for m in report["methods"] if m not in methods and ": " not in m]  # branches go below
+    branches: list[str] = []
+    for report in reports.values():
+        branches += [m for m in report["methods"] if m not in branches and ": " in m]
+    lines = ["| method | " + " | ".join(f"{titles[run]}: PSNR / SSIM / RMSE" for run in runs) + " |",
+             "|---|" + "---|" * len(runs)]
+    best = {run: max((s["psnr"] for m, s in r["methods"].items() if ": " not in m and m != "noisy input"), default=0)
+            for run, r in reports.items()}
+    for method in methods + branches:
+        cells = []
+        for run, report in reports.items():
+            s = report["methods"].get(method)
+            if s is None:
+                cells.append("")
+                continue
+            text = f"{s['psnr']:.2f} +- {s['psnr_std']:.2f} / {s['ssim']:.3f} / {s['rmse']:.3g}"
+            cells.append(f"**{text}**" if s["psnr"] == best[run] else text)
+        name = method.replace("model ", "`").replace(": ", "`: ") if method.startswith("model ") else method
+        if method.startswith("model ") and ": " not in method:
+            name += "`"
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    sources = "; ".join(f"{titles[run]}: {r['source']}, window {r['window']}" for run, r in reports.items())
+    return "\n".join(lines) + f"\n\nData and windows: {sources}.\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, default=Path("output/evaluate"))
+    parser.add_argument("runs", nargs="+")
+    args = parser.parse_args()
+    print(table(args.root, args.runs))
+
+
+if __name__ == "__main__":
+    main()
