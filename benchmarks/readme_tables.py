@@ -3,7 +3,8 @@ a column per held-out condition, each cell PSNR (mean +- std) / SSIM / RMSE.
 
     python benchmarks/readme_tables.py [--root output/evaluate] mr_rician04="Rician 4 %" mr_rician08 ...
 
-A run may carry its column title after "=".
+A run may carry its column title after "="; "a+b" merges two runs of the same slices (the
+classical filters and the models measured separately, same data and seed) into one column.
 """
 
 from __future__ import annotations
@@ -13,10 +14,20 @@ import json
 from pathlib import Path
 
 
+def merged(root: Path, parts: list[str]) -> dict:
+    reports = [json.loads((root / part / "metrics.json").read_text()) for part in parts]
+    if len({r["source"] for r in reports}) != 1:
+        raise ValueError(f"{'+'.join(parts)}: the runs measured different data")
+    methods = {}
+    for report in reports:
+        methods.update(report["methods"])
+    return {**reports[0], "methods": methods}
+
+
 def table(root: Path, columns: list[str]) -> str:
     titles = dict(c.split("=", 1) if "=" in c else (c, c) for c in columns)
     runs = list(titles)
-    reports = {run: json.loads((root / run / "metrics.json").read_text()) for run in runs}
+    reports = {run: merged(root, run.split("+")) for run in runs}
     methods: list[str] = []
     for report in reports.values():
         methods += [m for m in report["methods"] if m not in methods and ": " not in m]  # branches go below
