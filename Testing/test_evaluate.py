@@ -168,3 +168,7 @@ def test_a_two_d_image_is_degraded_whole_and_cut_into_tiles(tmp_path):
     np.testing.assert_array_equal(noisy[3], whole[0, 48:96, 48:96])  # the same noise as the whole image's
     with pytest.raises(ValueError, match="larger than"):
         evaluate.simulated_stack(str(path), "gaussian:sigma=0.05", ":", seed=3, tile=120)
+    image[0, :48, :48] = 250.0  # a constant region, as a detector's saturated background
+    sitk.WriteImage(sitk.GetImageFromArray(image), str(path))
+    noisy, clean = evaluate.simulated_stack(str(path), "gaussian:sigma=0.05", ":", seed=3, tile=48)
+    assert clean.shape == (3, 48, 48) and not np.any([np.ptp(c) == 0 for c in clean]), "the blank tile is left out"
