@@ -43,7 +43,7 @@ def render(modality: str, out: Path) -> Path:
          stack[0], f"{summaries[name]['psnr']:.2f} dB, SSIM {summaries[name]['ssim']:.3f}")
         for name, stack in outputs.items()]
     columns = -(-len(panels) // 2)
-    fig, axes = plt.subplots(2, columns, figsize=(2.7 * columns, 6.0), squeeze=False)
+    fig, axes = plt.subplots(2, columns, figsize=(2.7 * columns, 6.4), squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     height, width = clean.shape[1:]
@@ -53,7 +53,6 @@ def render(modality: str, out: Path) -> Path:
         ax.imshow(image[rows, cols], cmap="gray", vmin=window.low, vmax=window.high)
         ax.set_title(f"{name}\n{figures}", fontsize=8)
     fig.suptitle(f"{modality}: {Path(path).name}, {degradation} (central {crop:.0%} shown; figures over the whole slice)", fontsize=8)
-    fig.tight_layout()
     target = out / f"denoising_{modality.lower()}.png"
     scratch = target.with_suffix(".tmp.png")
     fig.savefig(scratch, dpi=110)
