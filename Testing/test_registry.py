@@ -129,6 +129,25 @@ def test_shipped_models_verify_and_load():
         load_model(card)
 
 
+def test_every_modality_the_panel_offers_has_models():
+    """CT, MR and PET with each predictor variant; X-ray and ultrasound with at least the U-Net
+    (the panel lists, per modality, the variants that have weights); the zoo stays small."""
+    from MedGANDenoiseLib.cli_protocol import MODALITY_CHOICES
+
+    registry = ModelRegistry.from_folders([SHIPPED_MODELS_DIR])
+    offered = [m for m in MODALITY_CHOICES if m != "Auto"]
+    for modality in offered:
+        variants = set(registry.variants_for(modality))
+        required = {"unet", "dncnn", "srdensenet"} if modality in ("CT", "MR", "PET") else {"unet"}
+        assert required <= variants, f"{modality}: no model for {sorted(required - variants)}"
+    for card in registry.models():
+        assert "cpu_seconds_per_slice_512" in card.metrics.get("speed", {}), f"{card.id}: the card states its CPU time per slice"
+        if card.modality == "PET":
+            assert "phantom" in card.description.lower(), "PET weights were trained on phantoms, and say so"
+    total = sum(card.path.stat().st_size for card in registry.models())
+    assert total < 50 * 2**20, f"the shipped models take {total / 2**20:.1f} MB"
+
+
 def test_modality_names_and_aliases():
     assert normalize_modality("mri") == "MR" and normalize_modality("pt") == "PET" and normalize_modality(" ct ") == "CT"
     with pytest.raises(ValueError, match="choose one of CT, MR, PET, XRAY, US"):

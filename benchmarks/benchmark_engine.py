@@ -140,6 +140,7 @@ def write_speed_to_cards(rows: list[dict], classical: dict[str, float], args) ->
     timed = {r["model"]: r for r in rows}
     for entry in content["models"]:
         if entry["id"] in timed:
+            entry.pop("speed", None)  # older cards kept it beside the metrics, where the registry does not read it
             entry.setdefault("metrics", {})["speed"] = {
                 f"cpu_seconds_per_slice_{args.size}": round(timed[entry["id"]]["seconds_per_slice_fp32"], 3),
                 "note": f"{args.slices} slices of {args.size} x {args.size} denoised as one volume, float32 (the CPU default)",
