@@ -174,10 +174,10 @@ def nan_scan(path: Path) -> Path:
         (lambda p: write_scan(p, np.full((3, 8, 8), -1000, np.int16)), ["--modality", "CT"], "constant"),
         (nan_scan, ["--modality", "CT"], "NaN"),
         (lambda p: write_scan(p, ct_volume()), ["--modality", "SPECTRAL"], "unknown modality"),
-        (lambda p: write_scan(p, ct_volume()), ["--modality", "PET"], "no model for modality PET"),
+        (lambda p: write_scan(p, ct_volume()), ["--modality", "XRAY", "--variant", "srdensenet"], "no 'srdensenet' model for XRAY"),
         (lambda p: write_scan(p, ct_volume()), ["--modality", "CT", "--model", "tiny-mr"], "is a MR model"),
         (lambda p: write_scan(p, ct_volume()), ["--modality", "CT", "--model", "nope"], "unknown model 'nope'"),
-        (lambda p: write_scan(p, ct_volume()), ["--modality", "MR", "--variant", "dncnn"], "no 'dncnn' model for MR"),
+        (lambda p: write_scan(p, ct_volume()), ["--modality", "US", "--variant", "dncnn"], "no 'dncnn' model for US"),
     ],
 )
 def test_bad_input_gives_one_clear_line_and_writes_nothing(tmp_path, models, capsys, make_input, extra, message):
