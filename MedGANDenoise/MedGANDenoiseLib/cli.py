@@ -391,6 +391,13 @@ def _plan_and_run(parser: argparse.ArgumentParser, args: argparse.Namespace, con
     return 0
 
 
+def _write_line(stream, line: str) -> None:
+    """One write per line: print() writes the text and the newline separately when unbuffered,
+    and the ranks share one terminal or pipe, so another rank's line could land in between."""
+    stream.write(line + "\n")
+    stream.flush()
+
+
 def _device_name(device: str) -> str:
     from .engine import resolve_device
 
@@ -445,10 +452,10 @@ def _agreed_run(context: distributed.Context, args: argparse.Namespace, model: L
         except Exception as error:
             message = _fail(error)
             failures.append(f"{job.source.name}: {message}")
-            print(f"{PROG}: {tag} skipped {job.source.name}: {message}", file=sys.stderr, flush=True)
+            _write_line(sys.stderr, f"{PROG}: {tag} skipped {job.source.name}: {message}")
             continue
         if not args.quiet:
-            print(f"{tag} {summary}", flush=True)
+            _write_line(sys.stdout, f"{tag} {summary}")
     report = distributed.RankReport(context.rank, context.host, _device_name(args.device), len(mine), len(mine) - len(failures), failures,
                                     time.perf_counter() - started)
     reports: list[distributed.RankReport] = distributed.all_gather(context, report)
