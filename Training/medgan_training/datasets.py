@@ -135,7 +135,7 @@ def simulate_pairs(
 
     With `cache_dir`, the result is stored under a key of the slices' bytes, the degradation spec,
     the seed, the variants and the pixel size, and read back by a later run with the same inputs
-    (projection-domain CT simulation costs about 2 s per 512 x 512 slice)."""
+    (projection-domain CT simulation costs about 0.7 s per 512 x 512 slice)."""
     cache_file = None
     if cache_dir is not None:
         key = hashlib.sha256(repr((getattr(degrade, "spec", repr(degrade)), variants, seed, pixel_size_mm)).encode())

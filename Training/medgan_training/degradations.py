@@ -96,6 +96,23 @@ def reconstruction_window(kernel: str, frequency: np.ndarray, cutoff: float = 1.
     return np.where(inside, window, 0.0)
 
 
+FWHM_PER_SIGMA = float(2 * np.sqrt(2 * np.log(2)))  # a Gaussian's full width at half maximum over its sigma
+
+
+def gaussian_kernel_norm(sigma: tuple[float, float], shape: tuple[int, int] | None = None) -> float:
+    """sqrt(sum k^2) of scipy's gaussian_filter kernel of `sigma` (pixels, per axis): the standard
+    deviation unit white noise keeps after that filter. With `shape`, on a periodic image of that
+    size (the kernel wraps where the image is smaller than it)."""
+    from scipy.ndimage import gaussian_filter
+
+    size = [8 * int(np.ceil(s)) + 1 for s in sigma]
+    if shape is not None:
+        size = [min(n, m) for n, m in zip(size, shape)]
+    impulse = np.zeros(size)
+    impulse[tuple(n // 2 for n in size)] = 1.0
+    return float(np.sqrt(np.sum(gaussian_filter(impulse, sigma, mode="wrap") ** 2)))
+
+
 def _parallel_projections(image, angles):
     """Parallel-beam line integrals (views x detector bins, unit pixel) of a square torch image."""
     import torch
@@ -114,102 +131,9 @@ def _parallel_projections(image, angles):
     return torch.cat(sums)
 
 
-def _back_projection(sinogram, angles, height: int, width: int):
-    """Unfiltered parallel-beam back-projection of a (views x bins) sinogram onto the centred
-    height x width image (bins must cover its diagonal)."""
-    import torch
-
-    views, bins = sinogram.shape
-    rows = torch.arange(height, dtype=sinogram.dtype) - (height - 1) / 2
-    columns = torch.arange(width, dtype=sinogram.dtype) - (width - 1) / 2
-    y, x = (c.reshape(-1) for c in torch.meshgrid(rows, columns, indexing="ij"))
-    image = torch.zeros(height * width, dtype=sinogram.dtype)
-    for start in range(0, views, 32):
-        a = angles[start : start + 32, None]
-        t = x[None] * torch.cos(a) + y[None] * torch.sin(a) + (bins - 1) / 2
-        left = t.floor().clamp(0, bins - 2)
-        weight = (t - left).clamp(0, 1)
-        left = left.long()
-        rows = sinogram[start : start + 32]
-        image += (torch.gather(rows, 1, left) * (1 - weight) + torch.gather(rows, 1, left + 1) * weight).sum(0)
-    return (image * (np.pi / views)).reshape(height, width)
-
-
-def simulate_ct_noise(
-    hu: np.ndarray,
-    noise_hu: float,
-    *,
-    kernel: str = "hann",
-    cutoff: float = 1.0,
-    pixel_size_mm: float = 1.0,
-    num_views: int = 256,
-    mu_water_per_mm: float = 0.0188,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """Low-dose CT noise made in the projection domain and calibrated in HU.
-
-    The slice's line integrals p (parallel beam, from attenuation mu_water (1 + HU/1000)) set the
-    variance of the quantum noise of each detector reading, proportional to exp(p) as for Poisson
-    counts I0 exp(-p) after the log. That noise sinogram is filtered with the ramp times the
-    kernel's window and back-projected, so the noise has the kernel's texture, the streaks along
-    strongly attenuating paths and the stronger noise at the body's centre of a real scan. It is
-    then scaled so its standard deviation in soft tissue (-150..250 HU in the clean slice) is
-    `noise_hu`: a noise level means the same on every anatomy, pixel size and kernel, unlike a
-    dose fraction. Only noise is added, so the mean HU is kept. The attenuation weights come from
-    a 2x-downsampled projection (they are smooth); the noise is reconstructed at full size.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    if noise_hu <= 0:
-        raise ValueError(f"the noise level must be positive, got {noise_hu} HU")
-    height, width = hu.shape
-    n = int(np.ceil(np.hypot(height, width))) + 2
-    n += n % 2
-    top, left = (n - height) // 2, (n - width) // 2
-    mu = np.zeros((n, n), dtype=np.float32)
-    mu[top : top + height, left : left + width] = np.clip(mu_water_per_mm * (1.0 + hu / 1000.0), 0.0, None)
-    angles = torch.linspace(0, np.pi, num_views + 1, dtype=torch.float32)[:-1]
-    with torch.no_grad():
-        coarse = F.avg_pool2d(torch.from_numpy(mu)[None, None], 2)
-        integrals = _parallel_projections(coarse, angles) * (2 * pixel_size_mm)
-        integrals = F.interpolate(integrals[:, None], size=n, mode="linear", align_corners=False)[:, 0]
-        noise = torch.from_numpy(rng.standard_normal((num_views, n)).astype(np.float32)) * torch.exp(integrals / 2)
-        frequency = np.fft.rfftfreq(2 * n)
-        response = torch.from_numpy((np.abs(frequency) * reconstruction_window(kernel, frequency, cutoff)).astype(np.float32))
-        filtered = torch.fft.irfft(torch.fft.rfft(noise, n=2 * n) * response, n=2 * n)[:, :n]
-        image = _back_projection(filtered, angles, height, width).numpy()
-    tissue = (hu > -150) & (hu < 250)
-    if tissue.sum() < 200:
-        tissue = hu > -500
-    if tissue.sum() < 200:
-        tissue = np.ones_like(hu, dtype=bool)
-    image *= noise_hu / float(np.std(image[tissue]))
-    return (hu + image).astype(np.float32)
-
-
-def soft_tissue_noise_hu(noisy: np.ndarray, clean: np.ndarray) -> float:
-    """The standard deviation of noisy - clean in soft tissue (-150..250 HU in the clean slice)."""
-    tissue = (clean > -150) & (clean < 250)
-    return float(np.std((noisy - clean)[tissue]))
-
-
-# ---------------------------------------------------------------- PET
-# Expected counts of a full-count 2-D slice (all lines of response of its sinogram together, for a
-# slice 2-3 mm thick). Clinical whole-body FDG (2-3 min per bed) collects some 1e7-1e8 true
-# coincidences per bed over 80-110 direct planes, i.e. about 1e5-1e6 per slice. PET_FULL_COUNTS
-# sits at the top of that range because randoms, scatter and attenuation, which are not
-# simulated, would add noise: it was chosen so that on the body phantom at 2 mm pixels
-# (phantoms.py) with the default reconstruction (OSEM 2 x 16, 4 mm post-filter) the liver's noise
-# at full count is about 11 % of its mean, the coefficient of variation of clinical full-count
-# liver VOIs (10-15 %). 3e5 gave 16-18 %; the noise goes as 1 / sqrt(counts).
-PET_FULL_COUNTS = 8e5
-PET_RECONSTRUCTIONS = ("osem", "fbp")
-
-
 def _pixel_geometry(angles, height: int, width: int, bins: int):
     """Detector bin (left neighbour, interpolation weight) of every pixel centre, for each view:
-    the sampling of `_back_projection`, shared by the matched projector pair below."""
+    the one sampling of the pixel-driven projector pair below and of `_back_projection`."""
     import torch
 
     rows = torch.arange(height, dtype=torch.float32) - (height - 1) / 2
@@ -253,6 +177,96 @@ def _view_chunks(views: int, pixels: int) -> list[slice]:
     elements: larger ones run several times slower (memory bound) on 512 x 512 slices."""
     step = max(2, min(32, 2**20 // max(pixels, 1)))
     return [slice(s, min(s + step, views)) for s in range(0, views, step)]
+
+
+def _back_projection(sinogram, angles, height: int, width: int):
+    """Unfiltered parallel-beam back-projection of a (views x bins) sinogram onto the centred
+    height x width image (bins must cover its diagonal), with the pi / views factor of filtered
+    back-projection."""
+    bins = sinogram.shape[1]
+    image = sum(_adjoint_project(sinogram[None, c], _pixel_geometry(angles[c], height, width, bins))[0]
+                for c in _view_chunks(len(angles), height * width))
+    return (image * (np.pi / len(angles))).reshape(height, width)
+
+
+def _ramp_filtered(sinogram, kernel: str, cutoff: float = 1.0):
+    """Each view (last axis: detector bins) filtered with the ramp times the kernel's window,
+    zero-padded to twice its length so the filter does not wrap around."""
+    import torch
+
+    bins = sinogram.shape[-1]
+    frequency = np.fft.rfftfreq(2 * bins)
+    response = torch.from_numpy((np.abs(frequency) * reconstruction_window(kernel, frequency, cutoff)).astype(np.float32))
+    return torch.fft.irfft(torch.fft.rfft(sinogram, n=2 * bins) * response, n=2 * bins)[..., :bins]
+
+
+def simulate_ct_noise(
+    hu: np.ndarray,
+    noise_hu: float,
+    *,
+    kernel: str = "hann",
+    cutoff: float = 1.0,
+    pixel_size_mm: float = 1.0,
+    num_views: int = 256,
+    mu_water_per_mm: float = 0.0188,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Low-dose CT noise made in the projection domain and calibrated in HU.
+
+    The slice's line integrals p (parallel beam, from attenuation mu_water (1 + HU/1000)) set the
+    variance of the quantum noise of each detector reading, proportional to exp(p) as for Poisson
+    counts I0 exp(-p) after the log. That noise sinogram is filtered with the ramp times the
+    kernel's window and back-projected, so the noise has the kernel's texture, the streaks along
+    strongly attenuating paths and the stronger noise at the body's centre of a real scan. It is
+    then scaled so its standard deviation in soft tissue (-150..250 HU in the clean slice) is
+    `noise_hu`: a noise level means the same on every anatomy, pixel size and kernel, unlike a
+    dose fraction. Only noise is added, so the mean HU is kept. The attenuation weights come from
+    a 2x-downsampled projection (they are smooth); the noise is reconstructed at full size.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if noise_hu <= 0:
+        raise ValueError(f"the noise level must be positive, got {noise_hu} HU")
+    height, width = hu.shape
+    n = int(np.ceil(np.hypot(height, width))) + 2
+    n += n % 2
+    top, left = (n - height) // 2, (n - width) // 2
+    mu = np.zeros((n, n), dtype=np.float32)
+    mu[top : top + height, left : left + width] = np.clip(mu_water_per_mm * (1.0 + hu / 1000.0), 0.0, None)
+    angles = torch.linspace(0, np.pi, num_views + 1, dtype=torch.float32)[:-1]
+    with torch.no_grad():
+        coarse = F.avg_pool2d(torch.from_numpy(mu)[None, None], 2)
+        integrals = _parallel_projections(coarse, angles) * (2 * pixel_size_mm)
+        integrals = F.interpolate(integrals[:, None], size=n, mode="linear", align_corners=False)[:, 0]
+        noise = torch.from_numpy(rng.standard_normal((num_views, n)).astype(np.float32)) * torch.exp(integrals / 2)
+        image = _back_projection(_ramp_filtered(noise, kernel, cutoff), angles, height, width).numpy()
+    tissue = (hu > -150) & (hu < 250)
+    if tissue.sum() < 200:
+        tissue = hu > -500
+    if tissue.sum() < 200:
+        tissue = np.ones_like(hu, dtype=bool)
+    image *= noise_hu / float(np.std(image[tissue]))
+    return (hu + image).astype(np.float32)
+
+
+def soft_tissue_noise_hu(noisy: np.ndarray, clean: np.ndarray) -> float:
+    """The standard deviation of noisy - clean in soft tissue (-150..250 HU in the clean slice)."""
+    tissue = (clean > -150) & (clean < 250)
+    return float(np.std((noisy - clean)[tissue]))
+
+
+# ---------------------------------------------------------------- PET
+# Expected counts of a full-count 2-D slice (all lines of response of its sinogram together, for a
+# slice 2-3 mm thick). Clinical whole-body FDG (2-3 min per bed) collects some 1e7-1e8 true
+# coincidences per bed over 80-110 direct planes, i.e. about 1e5-1e6 per slice. PET_FULL_COUNTS
+# sits at the top of that range because randoms, scatter and attenuation, which are not
+# simulated, would add noise: it was chosen so that on the body phantom at 2 mm pixels
+# (phantoms.py) with the default reconstruction (OSEM 2 x 16, 4 mm post-filter) the liver's noise
+# at full count is about 11 % of its mean, the coefficient of variation of clinical full-count
+# liver VOIs (10-15 %). 3e5 gave 16-18 %; the noise goes as 1 / sqrt(counts).
+PET_FULL_COUNTS = 8e5
+PET_RECONSTRUCTIONS = ("osem", "fbp")
 
 
 def simulate_low_count_pet(
@@ -309,17 +323,13 @@ def simulate_low_count_pet(
     count_scale = count_fraction * counts / (views * total)
     with torch.no_grad():
         image = torch.from_numpy(activity.reshape(1, -1))
-        chunks = _view_chunks(views, height * width)
-        expected = torch.cat([_project(image, _pixel_geometry(angles[c], height, width, bins), bins) for c in chunks], dim=1)
+        expected = torch.cat([_project(image, _pixel_geometry(angles[c], height, width, bins), bins)
+                              for c in _view_chunks(views, height * width)], dim=1)
         expected = expected[0].clamp_min(0).double() * count_scale
         measured = torch.from_numpy(rng.poisson(expected.numpy()).astype(np.float64))
         if recon == "fbp":
             noise_sinogram = ((measured - expected) / count_scale).float()
-            frequency = np.fft.rfftfreq(2 * bins)
-            response = torch.from_numpy((np.abs(frequency) * reconstruction_window("hann", frequency)).astype(np.float32))
-            filtered = torch.fft.irfft(torch.fft.rfft(noise_sinogram, n=2 * bins) * response, n=2 * bins)[:, :bins]
-            noise = sum(_adjoint_project(filtered[None, c], _pixel_geometry(angles[c], height, width, bins))[0]
-                        for c in chunks) * (np.pi / views)
+            noise = _back_projection(_ramp_filtered(noise_sinogram, "hann"), angles, height, width)
         else:
             data = torch.stack([measured, expected]).float()  # (2, views, bins): noisy and noiseless
             estimate = (data.sum(dim=(1, 2)) / (views * height * width))[:, None].repeat(1, height * width)
@@ -340,7 +350,7 @@ def simulate_low_count_pet(
             noise = (estimate[0] - estimate[1]) / count_scale
     noise = noise.reshape(height, width).double().numpy()
     if smooth_mm > 0:
-        noise = gaussian_filter(noise, smooth_mm / (2 * np.sqrt(2 * np.log(2))) / pixel_size_mm)
+        noise = gaussian_filter(noise, smooth_mm / FWHM_PER_SIGMA / pixel_size_mm)
     return (activity + noise).astype(np.float32)
 
 
@@ -430,10 +440,7 @@ def simulate_low_dose_xray(
         quanta = np.clip(image, 0, None).astype(np.float64) * (photons / scale)
     noise = (rng.poisson(quanta) - quanta) + rng.normal(0.0, electronic_std, image.shape)
     if blur_px > 0:
-        impulse = np.zeros((8 * int(np.ceil(blur_px)) + 1,) * 2)
-        impulse[impulse.shape[0] // 2, impulse.shape[1] // 2] = 1.0
-        gain = 1.0 / np.sqrt(np.sum(gaussian_filter(impulse, blur_px) ** 2))  # white noise keeps its variance
-        noise = gaussian_filter(noise, blur_px) * gain
+        noise = gaussian_filter(noise, blur_px) / gaussian_kernel_norm((blur_px, blur_px))  # white noise keeps its variance
     if log_contrast > 0:
         measured = np.maximum(quanta + noise, 0.5)  # a detector reading below half a quantum is logged as that
         return (image - scale * np.log(measured / quanta)).astype(np.float32)
@@ -453,15 +460,13 @@ def speckle_field(
     also the FWHM of the speckle's intensity autocorrelation, i.e. the grain size."""
     from scipy.ndimage import gaussian_filter
 
-    sigma = np.asarray(grain_px, dtype=np.float64) / (2 * np.sqrt(2 * np.log(2)))
+    sigma = np.asarray(grain_px, dtype=np.float64) / FWHM_PER_SIGMA
     if sigma.shape != (2,) or np.any(sigma <= 0):
         raise ValueError(f"grain must be two positive sizes (axial, lateral), got {grain_px}")
     real = gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
     imaginary = gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
     # each part has the variance sum(psf^2); a Rayleigh magnitude of that scale has mean s sqrt(pi / 2)
-    impulse = np.zeros([min(n, 8 * int(np.ceil(s)) + 1) for n, s in zip(shape, sigma)])
-    impulse[tuple(n // 2 for n in impulse.shape)] = 1.0
-    scale = np.sqrt(np.sum(gaussian_filter(impulse, sigma, mode="wrap") ** 2))
+    scale = gaussian_kernel_norm(tuple(sigma), shape)
     return (np.hypot(real, imaginary) / (scale * np.sqrt(np.pi / 2))).astype(np.float32)
 
 

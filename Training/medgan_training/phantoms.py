@@ -24,6 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .degradations import FWHM_PER_SIGMA
+
 # ------------------------------------------------------------------ uptake tables (SUV, g/ml)
 # FDG, adult, ~60 min p.i., fasting; mean values of the kind reported in clinical reference
 # ranges (liver 2-3, blood pool 1.5-2, muscle < 1, grey matter ~4x white matter).
@@ -123,7 +125,7 @@ def tissue_of_structure(name: str) -> str:
 
 # ------------------------------------------------------------------ helpers
 def _sigma_voxels(fwhm_mm: float, spacing_mm: Sequence[float]) -> list[float]:
-    return [fwhm_mm / (2 * np.sqrt(2 * np.log(2))) / float(s) for s in spacing_mm]
+    return [fwhm_mm / FWHM_PER_SIGMA / float(s) for s in spacing_mm]
 
 
 def blur_to_resolution(activity: np.ndarray, spacing_mm: Sequence[float], fwhm_mm: float = 5.0) -> np.ndarray:
