@@ -368,12 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pixel-mm", type=float, default=2.0, help="in-plane pixel of the written phantoms (0: source grid)")
     parser.add_argument("--fwhm-mm", type=float, default=5.0, help="PET resolution (Gaussian FWHM, mm)")
     args = parser.parse_args(argv)
-    import SimpleITK as sitk
+    from .data_fetch import report_files
 
     written = write_pet_phantoms(args.data, pixel_mm=args.pixel_mm, fwhm_mm=args.fwhm_mm)
-    for name, path in written.items():
-        image = sitk.ReadImage(str(path))
-        print(f"{name}: {path} size {image.GetSize()} spacing {tuple(round(s, 3) for s in image.GetSpacing())}")
+    report_files(written)
     return 0 if written else 1
 
 
