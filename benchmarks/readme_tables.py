@@ -24,6 +24,14 @@ def merged(root: Path, parts: list[str]) -> dict:
     return {**reports[0], "methods": methods}
 
 
+def row_name(method: str) -> str:
+    """'model ID' and 'model ID: branch' with the model id as code; other methods as they are."""
+    if not method.startswith("model "):
+        return method
+    model_id, _, branch = method.removeprefix("model ").partition(": ")
+    return f"`{model_id}`" + (f": {branch}" if branch else "")
+
+
 def table(root: Path, columns: list[str]) -> str:
     titles = dict(c.split("=", 1) if "=" in c else (c, c) for c in columns)
     runs = list(titles)
@@ -47,10 +55,7 @@ def table(root: Path, columns: list[str]) -> str:
                 continue
             text = f"{s['psnr']:.2f} +- {s['psnr_std']:.2f} / {s['ssim']:.3f} / {s['rmse']:.3g}"
             cells.append(f"**{text}**" if s["psnr"] == best[run] else text)
-        name = method.replace("model ", "`").replace(": ", "`: ") if method.startswith("model ") else method
-        if method.startswith("model ") and ": " not in method:
-            name += "`"
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row_name(method)} | " + " | ".join(cells) + " |")
     sources = "; ".join(f"{titles[run]}: {r['source']}, window {r['window']}" for run, r in reports.items())
     return "\n".join(lines) + f"\n\nData and windows: {sources}.\n"
 
