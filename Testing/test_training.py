@@ -166,6 +166,35 @@ def test_two_d_images_train_on_some_images_and_validate_on_others(tmp_path):
         training.build_training_data(training.parse_args(args[:3] + args[5:]))
 
 
+def test_zoom_adds_each_training_image_at_a_coarser_pixel_and_leaves_validation_alone(tmp_path):
+    """--zoom 1,0.5: every training image also enters at half its size, anti-aliased (its own
+    fine texture averaged away, its mean kept); held-out images stay as they are."""
+    rng = np.random.default_rng(1)
+    paths = []
+    for name in ("train", "held_out"):
+        image = sitk.GetImageFromArray((rng.random((1, 96, 128)) * 200 + 20).astype(np.float32))
+        sitk.WriteImage(image, str(tmp_path / f"{name}.nii.gz"))
+        paths.append(tmp_path / f"{name}.nii.gz")
+    args = ["--clean", str(paths[0]), "--val-clean", str(paths[1]), "--modality", "US",
+            "--degradation", "gaussian:sigma=0.05", "--variants-per-slice", "2", "--patch-size", "32", "--sim-cache", "",
+            "--out", str(tmp_path / "run"), "--zoom", "1,0.5"]
+    dataset, val_pairs, info = training.build_training_data(training.parse_args(args))
+    original = sitk.GetArrayFromImage(sitk.ReadImage(str(paths[0])))[0]
+    shapes = sorted({p.clean.shape for p in dataset.pairs})
+    assert shapes == [(48, 64), (96, 128)] and len(dataset.pairs) == 4 and info["zoom"] == [1.0, 0.5]
+    half = next(p.clean for p in dataset.pairs if p.clean.shape == (48, 64))
+    assert abs(half.mean() - original.mean()) < 1.0, "resampling keeps the intensity level"
+    assert half.std() < 0.7 * original.std(), "anti-aliasing averages the pixel-scale texture"
+    half_pairs = [p for p in dataset.pairs if p.clean.shape == (48, 64)]
+    assert not np.array_equal(half_pairs[0].noisy, half_pairs[1].noisy), "each version degraded on its own"
+    assert val_pairs[0].clean.shape == (96, 128)
+    with pytest.raises(ValueError, match="smaller than the 32-pixel patches"):
+        training.build_training_data(training.parse_args(args[:-1] + ["1,0.25"]))
+    for bad in ("0", "2", "a,b"):
+        with pytest.raises(SystemExit):
+            training.parse_args(args[:-1] + [bad])
+
+
 def generator_state(checkpoint: Path) -> dict[str, torch.Tensor]:
     return torch.load(checkpoint, map_location="cpu", weights_only=True)["generator"]
 

@@ -71,6 +71,10 @@ class TrainConfig:
     patch_size: int = option(96, "Side of the square training patches, in pixels.")
     samples_per_epoch: int = option(1600, "Training patches per epoch (over all processes).")
     variants_per_slice: int = option(4, "Degraded versions precomputed for each training slice.")
+    zoom: str = option("1", "Comma-separated scale factors at which each training scan is used, e.g. 1,0.5,0.33: a factor "
+                       "below 1 resamples the clean slices (anti-aliased) to a coarser pixel before degrading them, so "
+                       "the image's own texture appears at a finer grain, as on other probes and scanners (simulated "
+                       "degradations only).")
     sim_cache: str = option("data/sim_cache", "Folder where simulated training pairs are cached for later runs ('' to disable).")
     val_fraction: float = option(0.15, "Fraction of each scan's slices held out, as one contiguous slab, for validation.")
     val_position: float = option(1.0, "Where the held-out slab lies in each scan: 0 = first slices, 1 = last.")
@@ -140,6 +144,12 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         parser.error("--gan-loss must be lsgan, bce or none")
     if cfg.precision not in ("auto", "bf16", "fp32"):
         parser.error("--precision must be auto, bf16 or fp32")
+    try:
+        parse_zoom(cfg.zoom)
+    except ValueError as error:
+        parser.error(str(error))
+    if cfg.zoom.strip() not in ("1", "1.0") and cfg.low:
+        parser.error("--zoom applies to --clean scans with a simulated degradation, not to paired --low/--high folders")
     return cfg
 
 
@@ -180,6 +190,25 @@ def default_val_degradation(spec: str) -> str:
     return spec
 
 
+def parse_zoom(text: str) -> list[float]:
+    try:
+        zooms = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        zooms = []
+    if not zooms or any(not 0 < z <= 1 for z in zooms):
+        raise ValueError(f"--zoom takes comma-separated factors in (0, 1], e.g. 1,0.5; got {text!r}")
+    return zooms
+
+
+def zoomed_slice(image: np.ndarray, zoom: float) -> np.ndarray:
+    """The slice resampled by `zoom` (<= 1) with an anti-aliasing filter, as float32 (zoom 1: as is)."""
+    if zoom == 1:
+        return image
+    from skimage.transform import rescale
+
+    return rescale(np.asarray(image, dtype=np.float32), zoom, order=1, anti_aliasing=True, preserve_range=True).astype(np.float32)
+
+
 def build_training_data(cfg: TrainConfig) -> tuple[PatchDataset, list[ValidationSlice], dict[str, Any]]:
     """Training patches and whole validation slices (noisy, clean in original units) from
     paired folders or from clean scans plus the simulated degradation.
@@ -208,6 +237,8 @@ def build_training_data(cfg: TrainConfig) -> tuple[PatchDataset, list[Validation
         val_degrade = make_degradation(val_spec)
         info["val_degradation"] = val_spec
         scans = [(path, False) for path in cfg.clean] + [(path, True) for path in cfg.val_clean]
+        zooms = parse_zoom(cfg.zoom)
+        info["zoom"] = zooms
         for scan_index, (path, validation_only) in enumerate(scans):
             volume, spacing = load_volume(path)
             volume = np.moveaxis(volume, cfg.axis, 0)
@@ -217,10 +248,13 @@ def build_training_data(cfg: TrainConfig) -> tuple[PatchDataset, list[Validation
                 train_slices, val_slices = [], range(len(volume))
             else:
                 train_slices, val_slices = split_slabs(len(volume), cfg.val_fraction, position=cfg.val_position)
-            if train_slices:
-                clean = [volume[i] for i in train_slices]
-                noisy = simulate_pairs(clean, degrade, cfg.variants_per_slice, cfg.seed + scan_index, pixel_size,
-                                       workers=min(2, os.cpu_count() or 1), cache_dir=cfg.sim_cache or None)
+            for zoom_index, zoom in enumerate(zooms if train_slices else []):
+                clean = [zoomed_slice(volume[i], zoom) for i in train_slices]
+                if min(clean[0].shape) < cfg.patch_size:
+                    raise ValueError(f"{path}: at --zoom {zoom} its slices are {clean[0].shape}, smaller than the "
+                                     f"{cfg.patch_size}-pixel patches: drop that factor or use a smaller --patch-size")
+                noisy = simulate_pairs(clean, degrade, cfg.variants_per_slice, cfg.seed + scan_index + 1000 * zoom_index,
+                                       pixel_size / zoom, workers=min(2, os.cpu_count() or 1), cache_dir=cfg.sim_cache or None)
                 params = normalizer.fit(np.stack(noisy[:: cfg.variants_per_slice]))  # one degraded copy of the slices
                 train_pairs += [SlicePair(n, clean[k // cfg.variants_per_slice], params, threshold) for k, n in enumerate(noisy)]
             held_out = [val_degrade(volume[i], np.random.default_rng([cfg.seed, 10_000 + scan_index, i]), pixel_size_mm=pixel_size)
