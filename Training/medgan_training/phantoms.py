@@ -10,9 +10,10 @@ assigned per tissue from real anatomy, blurred to PET resolution, then degraded 
     python -m medgan_training.phantoms --data data [--pixel-mm 2] [--fwhm-mm 5]
 
 writes data/pet_body_phantom.nii.gz and data/pet_brain_phantom.nii.gz (SUV, g/ml) from the files
-`medgan-data --sources ct_body,mr_brain` fetched, and data/us_bmode_synthetic.nii.gz: synthetic
-B-mode images (speckle on echogenicity from the same T1 and CT) for the ultrasound models. Values are typical adult FDG uptake one hour
+`medgan-data --sources ct_body,mr_brain` fetched. Values are typical adult FDG uptake one hour
 after injection, rounded; real uptake varies widely between patients (the myocardium most).
+It also writes data/us_bmode_synthetic.nii.gz, synthetic B-mode images (speckle on echogenicity
+from the same T1 and CT) for the ultrasound models.
 Arrays are in numpy order (z, y, x) and spacing_mm is given in the same order.
 """
 

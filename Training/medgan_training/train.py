@@ -145,10 +145,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     if cfg.precision not in ("auto", "bf16", "fp32"):
         parser.error("--precision must be auto, bf16 or fp32")
     try:
-        parse_zoom(cfg.zoom)
+        zooms = parse_zoom(cfg.zoom)
     except ValueError as error:
         parser.error(str(error))
-    if cfg.zoom.strip() not in ("1", "1.0") and cfg.low:
+    if zooms != [1.0] and cfg.low:
         parser.error("--zoom applies to --clean scans with a simulated degradation, not to paired --low/--high folders")
     return cfg
 
