@@ -11,7 +11,7 @@ from scipy.ndimage import gaussian_filter
 
 from medgan_training import baselines, evaluate
 from medgan_training.degradations import CT_KERNELS, simulate_ct_noise
-from medgan_training.metrics import CT_WINDOW, slice_metrics, summarize, window_for
+from medgan_training.metrics import CT_WINDOW, differentiable_ssim, slice_metrics, summarize, window_for
 
 CT_SCALING = baselines.Scaling(-1024.0, 4096.0)
 WINDOW = window_for("CT", np.zeros((2, 2)))
@@ -49,6 +49,26 @@ def test_metrics_use_the_window_and_report_bias():
     assert window_for("CT", clean).label("HU") == "[-160, 240] HU" and CT_WINDOW == (-160.0, 240.0)
     summary = summarize([m, m])
     assert summary["psnr_std"] == 0 and summary["slices"] == 2
+
+
+def test_the_differentiable_ssim_is_the_evaluation_ssim_and_its_gradient_raises_it():
+    import torch
+
+    rng = np.random.default_rng(3)
+    clean = np.clip(gaussian_filter(rng.normal(40, 60, (48, 56)), 1.0), -150, 230)  # inside the window
+    smoothed = gaussian_filter(clean, 2.0)
+    as_batch = lambda a: torch.from_numpy(a).float()[None, None]
+    expected = slice_metrics(smoothed, clean, window_for("CT", clean))["ssim"]
+    assert float(differentiable_ssim(as_batch(smoothed), as_batch(clean), 400.0)) == pytest.approx(expected, abs=1e-5)
+
+    estimate = as_batch(smoothed).requires_grad_(True)
+    optimizer = torch.optim.Adam([estimate], lr=1.0)
+    for _ in range(30):
+        optimizer.zero_grad()
+        (1 - differentiable_ssim(estimate, as_batch(clean), 400.0)).backward()
+        optimizer.step()
+    improved = estimate.detach().double().numpy()[0, 0]
+    assert slice_metrics(improved, clean, window_for("CT", clean))["ssim"] > expected + 0.05
 
 
 @pytest.mark.parametrize("peak", [40.0, 500.0])

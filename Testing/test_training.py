@@ -241,6 +241,30 @@ def test_missing_data_is_a_usage_error(capsys):
     assert "--clean" in capsys.readouterr().err
 
 
+def test_init_from_starts_from_an_exported_model_and_refuses_another_architecture(scan, tmp_path, capsys):
+    first = tmp_path / "first"
+    training.main(tiny_args(scan, tmp_path / "run1", "--epochs", "1", "--export", str(first), "--model-id", "tiny-start"))
+    start = dict(load_model(ModelRegistry.from_folders([first]).get("tiny-start")).generator.named_parameters())
+
+    # learning rate 0: the fine-tuned weights must come out exactly as they went in (BatchNorm's
+    # running statistics do move: they follow the new data)
+    second = tmp_path / "second"
+    training.main(tiny_args(scan, tmp_path / "run2", "--epochs", "1", "--lr", "0", "--no-calibrate-fusion",
+                            "--init-from", str(first), "--export", str(second), "--model-id", "tiny-tuned"))
+    tuned = dict(load_model(ModelRegistry.from_folders([second]).get("tiny-tuned")).generator.named_parameters())
+    assert tuned.keys() == start.keys()
+    assert all(torch.equal(tuned[k], start[k]) for k in start)
+    fresh = training.build_generator(**training.parse_args(tiny_args(scan, tmp_path / "x")).architecture()).state_dict()
+    assert not all(torch.equal(fresh[k].float(), start[k].float()) for k in start if k.endswith("weight"))
+
+    with pytest.raises(SystemExit):
+        training.parse_args(tiny_args(scan, tmp_path / "run3", "--width", "6", "--init-from", str(first)))
+    assert "architecture" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        training.parse_args(tiny_args(scan, tmp_path / "run4", "--init-from", "no-such-model"))
+    assert "unknown model 'no-such-model'" in capsys.readouterr().err
+
+
 def test_paired_folders_train(tmp_path):
     low_dir, high_dir = tmp_path / "low", tmp_path / "high"
     low_dir.mkdir()
@@ -319,6 +343,17 @@ def test_each_predictor_variant_learns_in_a_few_steps(variant, predictor):
         optimizer.step()
     final = float(loss().detach())
     assert final < 0.85 * first, f"{variant}: loss {first:.4f} -> {final:.4f}"
+
+
+def test_the_ssim_loss_measures_in_normalised_units_what_the_evaluation_measures_in_hu():
+    rng = np.random.default_rng(5)
+    clean = rng.normal(60, 120, (40, 40))  # partly outside [-160, 240] HU: the loss clips as the metric does
+    denoised = clean + rng.normal(0, 30, clean.shape)
+    to_units = lambda hu: torch.from_numpy((hu + 1024) / 4096).float()[None, None]
+    loss = training.ssim_loss(to_units(denoised), to_units(clean), training.evaluation_window_units("CT"))
+    expected = slice_metrics(denoised, clean, window_for("CT", clean))["ssim"]
+    assert 1 - float(loss) == pytest.approx(expected, abs=2e-4)
+    assert training.evaluation_window_units("MR") == (0.0, 1.0, 0.0)
 
 
 def test_normalisation_free_srdensenet_keeps_its_activations_at_scale():

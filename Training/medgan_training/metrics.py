@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 # The common clinical window of low-dose CT papers: [-160, 240] HU, data range 400.
@@ -51,6 +53,33 @@ def slice_metrics(output: np.ndarray, clean: np.ndarray, window: Window) -> dict
         "rmse": float(np.sqrt(np.mean((out - ref) ** 2))),
         "bias": float(np.mean(output.astype(np.float64) - clean.astype(np.float64))),
     }
+
+
+def differentiable_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float, sigma: float = 1.5) -> torch.Tensor:
+    """Mean SSIM of two (N, 1, H, W) batches, the same definition as `slice_metrics` (Gaussian
+    window of sigma 1.5 truncated at 3.5 sigma, population covariances, borders of half a window
+    left out) but in torch, so that a training loss can use it. Computed in float32."""
+    radius = int(3.5 * sigma + 0.5)
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float32, device=x.device)
+    kernel_1d = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel_1d = kernel_1d / kernel_1d.sum()
+    kernel = (kernel_1d[:, None] * kernel_1d[None, :])[None, None]
+    # (co)variances from values centred on each image's mean: E[x^2] - E[x]^2 at a CT level of
+    # 0.26 normalised units would lose the variances of a few HU to float32 rounding
+    level = y.float().mean(dim=(-2, -1), keepdim=True)
+    x, y = x.float() - level, y.float() - level
+
+    def local_mean(image: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(image, kernel)
+
+    mu_x, mu_y = local_mean(x), local_mean(y)
+    var_x = local_mean(x * x) - mu_x**2
+    var_y = local_mean(y * y) - mu_y**2
+    cov = local_mean(x * y) - mu_x * mu_y
+    mu_x, mu_y = mu_x + level, mu_y + level
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    ssim = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return ssim.mean()
 
 
 def summarize(per_slice: list[dict[str, float]]) -> dict[str, float]:

@@ -39,12 +39,12 @@ from tqdm import tqdm
 from MedGANDenoiseLib.engine import cpu_has_native_bf16, denoise_volume
 from MedGANDenoiseLib.networks import PatchDiscriminator, build_generator, init_weights
 from MedGANDenoiseLib.normalization import default_normalizer
-from MedGANDenoiseLib.registry import LoadedModel, ModelCard, normalize_modality, write_model
+from MedGANDenoiseLib.registry import LoadedModel, ModelCard, ModelRegistry, load_model, normalize_modality, write_model
 
 from .datasets import PatchDataset, SlicePair, ValidationSlice, evenly_spaced, foreground_threshold, load_volume, pair_folders, simulate_pairs, split_slabs
 from .degradations import make_degradation
 from .evaluate import model_branches
-from .metrics import format_summary, slice_metrics, summarize, window_for
+from .metrics import CT_WINDOW, differentiable_ssim, format_summary, slice_metrics, summarize, window_for
 
 
 def option(default: Any, help: str) -> Any:
@@ -88,11 +88,14 @@ class TrainConfig:
     refine: bool = option(False, "Add the refinement network after the fusion (second paper).")
     disc_width: int = option(64, "PatchGAN discriminator width (32 halves its cost on a CPU).")
     # losses: adversarial + l1_denoised * L1(y, clean) + l1_noise * L1(n, x - clean) [+ l1_content * L1(c, clean)]
+    # [+ ssim_weight * (1 - SSIM(y, clean))]
     gan_loss: str = option("lsgan", "Adversarial loss: lsgan, bce, or none for L1 only.")
     adv_weight: float = option(1.0, "Weight of the adversarial term of the generator loss.")
     l1_denoised: float = option(100.0, "Weight of L1(denoised, clean).")
     l1_noise: float = option(100.0, "Weight of L1(estimated noise, noisy - clean).")
     l1_content: float = option(0.0, "Weight of L1(content branch, clean), a direct target for the content predictor.")
+    ssim_weight: float = option(0.0, "Weight of 1 - SSIM(denoised, clean) (the evaluation's SSIM, over the evaluation "
+                                "window's range): keeps local contrast and texture that L1 alone smooths away.")
     warmup_epochs: int = option(0, "Epochs trained with the L1 terms only before the adversarial term starts.")
     # optimisation
     lr: float = option(2e-4, "Generator learning rate (Adam, betas 0.5/0.999).")
@@ -108,6 +111,9 @@ class TrainConfig:
     # output
     out: str = option("runs/train", "Folder for the log, loss curve, picture panels and checkpoint.")
     resume: bool = option(False, "Continue from the checkpoint in --out.")
+    init_from: str = option("", "Start from the weights of an existing model (a registered model id, or an exported "
+                            "model's folder) instead of a random initialisation: fine-tuning, e.g. a shipped model on "
+                            "your own scans. Its architecture must be the one given by --variant/--width/--depth.")
     export: str = option("", "Folder to export the best epoch's weights (fp16) and model card to.")
     model_id: str = option("", "Id of the exported model (default: <modality>-<variant>-<mode>-w<width>).")
     description: str = option("", "One-line description written into the model card.")
@@ -150,6 +156,11 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         parser.error(str(error))
     if zooms != [1.0] and cfg.low:
         parser.error("--zoom applies to --clean scans with a simulated degradation, not to paired --low/--high folders")
+    if cfg.init_from:
+        try:
+            initial_weights(cfg.init_from, cfg)
+        except ValueError as error:
+            parser.error(str(error))
     return cfg
 
 
@@ -290,6 +301,23 @@ def training_autocast_dtype(precision: str, device: torch.device) -> torch.dtype
 
 
 # ---------------------------------------------------------------- losses
+def evaluation_window_units(modality: str) -> tuple[float, float, float]:
+    """(low, high, zero) of the evaluation window in the network's normalised units, so that the SSIM
+    loss sees what `slice_metrics` sees: CT's [-160, 240] HU window and HU zero through the fixed map;
+    other modalities are scaled per image to about [0, 1], as their [0, 99.5th percentile] window."""
+    normalizer = default_normalizer(modality)
+    if normalizer.kind == "fixed":
+        low, high = ((v - normalizer.offset) / normalizer.scale for v in CT_WINDOW)
+        return low, high, -normalizer.offset / normalizer.scale
+    return 0.0, 1.0, 0.0
+
+
+def ssim_loss(denoised: torch.Tensor, clean: torch.Tensor, window: tuple[float, float, float]) -> torch.Tensor:
+    """1 - SSIM of the batch, clipped to the evaluation window and measured from its zero as the metric is."""
+    low, high, zero = window
+    return 1 - differentiable_ssim(denoised.clamp(low, high) - zero, clean.clamp(low, high) - zero, high - low)
+
+
 def adversarial_loss(scores: torch.Tensor, real: bool, kind: str) -> torch.Tensor:
     target = torch.ones_like(scores) if real else torch.zeros_like(scores)
     if kind == "lsgan":
@@ -401,6 +429,25 @@ def save_checkpoint(path: Path, epoch: int, generator, discriminator, opt_g, opt
     os.replace(tmp, path)
 
 
+def initial_weights(spec: str, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """The generator weights of the model named by --init-from, checked against the run's architecture."""
+    folder = Path(spec)
+    if folder.is_dir():
+        cards = ModelRegistry.read_folder(folder)
+        if len(cards) != 1:
+            raise ValueError(f"--init-from {spec}: the folder holds {len(cards)} models; give one model's id instead")
+        card = cards[0]
+    else:
+        card = ModelRegistry.default().get(spec)
+    wanted = json.loads(json.dumps(cfg.architecture()))
+    if json.loads(json.dumps(card.architecture)) != wanted:
+        raise ValueError(f"--init-from {card.id}: its architecture {card.architecture} differs from this run's {wanted}; "
+                         "set --variant, --width, --depth and --mode to the model's")
+    if card.modality != cfg.modality:
+        raise ValueError(f"--init-from {card.id}: a {card.modality} model, but --modality is {cfg.modality}")
+    return load_model(card).generator.state_dict()
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
@@ -497,7 +544,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     generator = build_generator(**cfg.architecture()).to(device, memory_format=torch.channels_last)
     discriminator = PatchDiscriminator(in_channels=3, width=cfg.disc_width).to(device, memory_format=torch.channels_last)
     init_weights(discriminator)
+    if cfg.init_from and not (cfg.resume and (out / "checkpoint.pt").is_file()):
+        generator.load_state_dict(initial_weights(cfg.init_from, cfg))
     autocast_dtype = training_autocast_dtype(cfg.precision, device)
+    ssim_window = evaluation_window_units(cfg.modality)
     fusion = list(generator.fusion.parameters()) if generator.fusion is not None else []
     others = [p for p in generator.parameters() if all(p is not f for f in fusion)]
     groups = [{"params": others, "lr_scale": 1.0}] + ([{"params": fusion, "lr_scale": cfg.fusion_lr_scale}] if fusion else [])
@@ -554,6 +604,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             loss_l1 = cfg.l1_denoised * F.l1_loss(denoised, clean) + cfg.l1_noise * F.l1_loss(noise, true_noise)
             if cfg.l1_content:
                 loss_l1 = loss_l1 + cfg.l1_content * F.l1_loss(content, clean)
+            if cfg.ssim_weight:
+                loss_l1 = loss_l1 + cfg.ssim_weight * ssim_loss(denoised, clean, ssim_window)
             loss_adv = torch.zeros((), device=device)
             if adversarial:
                 fake = torch.cat([denoised, noise, noisy], dim=1)
