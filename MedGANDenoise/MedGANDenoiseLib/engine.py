@@ -177,9 +177,11 @@ def denoise_volume(
     batch_size=None picks 8 slices on a GPU and 1 on the CPU, where larger batches are no faster
     and cost activation memory (measured: benchmarks/benchmark_engine.py).
     precision: "auto" runs the predictors in float16 on CUDA GPUs when they both output small
-    corrections (residual content), and float32 otherwise (CPU, MPS, older models). "bf16" is about
-    2x faster on CPUs with native bf16 but 1-3.5 HU off fp32 in soft tissue (99th percentile);
-    "fp16" stays within 0.5 HU. The fusion and the output are float32 in every case.
+    corrections (residual content); on CPUs with native bfloat16, U-Net predictors run their coarser
+    levels in bfloat16 and their full-resolution layers in float32 (within 0.5 HU of float32); float32
+    otherwise. "bf16" asks for that split (for DnCNN and SRDenseNet, whose every layer is at full
+    resolution, it means the whole predictor in bf16: 1-3.5 HU off), "fp16" stays within 0.5 HU.
+    The fusion and the output are float32 in every case.
     CT voxels outside the scanner's field of view (below CT_PADDING_BELOW_HU) are shown to the
     network as air and returned untouched (noise 0).
     progress(done, total) is called after each batch; should_cancel() is checked before each
@@ -231,7 +233,7 @@ def denoise_volume(
         batch_size = 1 if torch_device.type == "cpu" else 8
     _set_cpu_threads(torch)
     dtype = _compute_dtype(precision, model.generator, torch_device)
-    generator = inference_copy(model.generator, torch_device)
+    generator = inference_copy(model.generator, torch_device, dtype)
     notes: list[str] = []
     padded_voxels = 0
     total = stack.shape[0]
@@ -260,7 +262,7 @@ def denoise_volume(
             elif torch_device.type != "cpu":
                 torch_device = torch.device("cpu")
                 dtype = _compute_dtype(precision, model.generator, torch_device)
-                generator = inference_copy(model.generator, torch_device)
+                generator = inference_copy(model.generator, torch_device, dtype)
                 notes.append("GPU out of memory even with one slice per batch: continued on the CPU")
             else:
                 raise MemoryError(
@@ -295,9 +297,10 @@ def denoise_volume(
     )
 
 
-def inference_copy(generator, device):
+def inference_copy(generator, device, dtype=None):
     """A copy of the generator for inference on `device`: eval mode, BatchNorm folded into the
-    convolutions, channels-last on the CPU. The caller's generator is left as it was."""
+    convolutions, channels-last on the CPU; for a bfloat16 `dtype`, U-Net predictors keep their
+    full-resolution layers in float32. The caller's generator is left as it was."""
     import copy
 
     import torch
@@ -315,6 +318,10 @@ def inference_copy(generator, device):
         p.requires_grad_(False)
     if device.type == "cpu":
         clone = clone.to(memory_format=torch.channels_last)
+    if dtype == torch.bfloat16:
+        for predictor in (clone.content_predictor, clone.noise_predictor):
+            if hasattr(predictor, "keep_full_resolution_in_float32"):
+                predictor.keep_full_resolution_in_float32()
     return clone
 
 
@@ -329,10 +336,13 @@ def _compute_dtype(precision: str, generator, device):
     if precision == "fp16":
         return torch.float16
     residual = getattr(generator, "residual_content", False) or getattr(generator, "content_predictor", None) is None
-    # fp16 predictors stay within 0.5 HU of fp32 (99.9th percentile, measured on body CT); bf16's
-    # 8-bit mantissa gave 1-3.5 HU (99th percentile in soft tissue), so it is never the default.
+    # fp16 predictors stay within 0.5 HU of fp32 (99.9th percentile, measured on body CT)
     if residual and device.type == "cuda":
         return torch.float16
+    # a whole predictor in bf16 (8-bit mantissa) was 1-3.5 HU off (99th percentile in soft tissue);
+    # U-Nets with float32 full-resolution layers (inference_copy) stay within 0.5 HU
+    if residual and device.type == "cpu" and getattr(generator, "variant", "") == "unet" and cpu_has_native_bf16():
+        return torch.bfloat16
     return torch.float32
 
 

@@ -68,6 +68,27 @@ class UNetPredictor(nn.Module):
             y = block(torch.cat([skip, y], dim=1))
         return self.head(y)
 
+    def keep_full_resolution_in_float32(self) -> None:
+        """Run the layers at the image's own resolution (stem, last decoder block, head) in float32
+        under autocast, the coarser levels in reduced precision (in place; call on an inference
+        copy). A bfloat16 image at soft-tissue level lands on 8 HU steps, far coarser than the
+        noise; pooled features carry context, not that detail, so bf16 suits them."""
+        self.stem = Float32(self.stem)
+        self.up[-1] = Float32(self.up[-1])
+        self.head = Float32(self.head)
+
+
+class Float32(nn.Module):
+    """Runs the wrapped module in float32 even inside an autocast region."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return self.module(x.float())
+
 
 class DnCNNPredictor(nn.Sequential):
     """DnCNN body: conv+LeakyReLU, (num_layers - 2) x conv+BN+LeakyReLU, conv to 1 channel.
