@@ -88,6 +88,21 @@ def test_axis_option_and_strength(tmp_path, models, capsys):
     np.testing.assert_allclose(half, 0.5 * full, atol=1e-3)
 
 
+def test_precision_option_reaches_the_engine(tmp_path, models, capsys):
+    source = write_scan(tmp_path / "scan.nii.gz", ct_volume())
+    outputs = {}
+    for precision in ("fp32", "bf16"):
+        code, _ = run([str(source), "-o", str(tmp_path / f"{precision}.nii.gz"), "--model", "ct-unet-w16", "--precision", precision],
+                      models, capsys)
+        assert code == 0
+        outputs[precision] = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"{precision}.nii.gz")))
+    difference = np.abs(outputs["fp32"] - outputs["bf16"])
+    assert 0 < difference.max() < 2, "bf16 is a different computation, close to fp32"
+    with pytest.raises(SystemExit) as exit_info:
+        run([str(source), "-o", str(tmp_path / "x.nii.gz"), "--precision", "int8"], models, capsys)
+    assert exit_info.value.code == 2 and not (tmp_path / "x.nii.gz").exists()
+
+
 def write_dicom_series(folder: Path, array: np.ndarray, series_uid: str, description: str, extra: dict | None = None,
                        positions=None) -> None:
     folder.mkdir(parents=True, exist_ok=True)

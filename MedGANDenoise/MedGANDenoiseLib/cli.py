@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import distributed
-from .engine import denoise_volume, estimate_noise_sigma
+from .engine import PRECISIONS, denoise_volume, estimate_noise_sigma
 from .image_io import (
     MultipleSeriesError,
     check_geometry_fits,
@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--models-dir", action="append", default=[], type=Path, help="a folder of your own models (repeatable)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N or mps")
     parser.add_argument("--batch-size", type=int, default=None, help="slices per batch (default: 8 on a GPU, 1 on the CPU)")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="auto: fp16 predictors on CUDA GPUs, bf16 coarse U-Net levels on CPUs with native bf16 "
+                             "(both within 0.5 HU of fp32), fp32 otherwise; fp32 for the exact reference")
     parser.add_argument("--axis", default="k", choices=sorted(AXES), help="image axis the slices are taken across (default k: the slice direction)")
     parser.add_argument("--strength", type=float, default=1.0, help="fraction of the estimated noise to remove, 0..1 (default: 1)")
     series = parser.add_mutually_exclusive_group()
@@ -249,7 +252,8 @@ def run_job(job: Job, model: LoadedModel, args: argparse.Namespace, progress_bar
               desc=job.source.name, leave=False) as bar:
         result = denoise_volume(
             volume, model, args.modality, axis=AXES[args.axis] if volume.ndim == 3 else None, batch_size=args.batch_size,
-            device=args.device, strength=args.strength, progress=lambda done, total: bar.update(done - bar.n),
+            device=args.device, strength=args.strength, precision=args.precision,
+            progress=lambda done, total: bar.update(done - bar.n),
         )
     # the pair is staged (written and verified) whole before either replaces anything at its
     # destination: a failed write leaves the user's earlier files as they were
@@ -264,7 +268,7 @@ def run_job(job: Job, model: LoadedModel, args: argparse.Namespace, progress_bar
     for warning in result.warnings:
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
     return (
-        f"{job.source.name}: {'x'.join(map(str, volume.shape))} on {result.device} in {result.seconds:.1f} s; "
+        f"{job.source.name}: {'x'.join(map(str, volume.shape))} on {result.device} ({result.precision}) in {result.seconds:.1f} s; "
         f"noise sigma {estimate_noise_sigma(volume):.3g} -> {estimate_noise_sigma(result.denoised):.3g}; "
         f"wrote {', '.join(str(p) for p in written)}"
     )
