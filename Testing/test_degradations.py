@@ -72,6 +72,23 @@ def test_ct_noise_texture_follows_the_kernel_and_is_stronger_at_the_body_centre(
     assert centre > 1.1 * edge
 
 
+def test_ct_noise_lowfreq_moves_power_to_coarse_grain_at_the_same_hu_level():
+    phantom = body_phantom(160)
+    tissue = (phantom > -150) & (phantom < 250)
+    low_share = {}
+    for lowfreq in (0.0, 0.3):
+        noise = simulate_ct_noise(phantom, 30.0, kernel="cosine", lowfreq=lowfreq, rng=np.random.default_rng(2), num_views=128)
+        assert soft_tissue_noise_hu(noise, phantom) == pytest.approx(30.0, rel=1e-3)
+        assert abs(float((noise - phantom)[tissue].mean())) < 3.0
+        power = np.abs(np.fft.fft2((noise - phantom)[60:100, 40:120])) ** 2
+        f = np.hypot(*np.meshgrid(np.fft.fftfreq(40), np.fft.fftfreq(80), indexing="ij"))
+        low_share[lowfreq] = power[(f > 0) & (f < 0.1)].sum() / power.sum()
+    assert low_share[0.3] > 1.3 * low_share[0.0], low_share
+    assert parse_spec("ct_noise:lowfreq=0-0.2")[1]["lowfreq"] == (0.0, 0.2)
+    with pytest.raises(ValueError, match="lowfreq"):
+        simulate_ct_noise(phantom, 30.0, lowfreq=1.5, rng=np.random.default_rng(0), num_views=32)
+
+
 def test_reconstruction_windows_start_at_one_and_refuse_unknown_kernels():
     f = np.linspace(0, 0.5, 11)
     for kernel in ("ramp", "shepp-logan", "cosine", "hann"):

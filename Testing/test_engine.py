@@ -212,7 +212,7 @@ def phantom_for(modality: str, size: int = 192) -> np.ndarray:
 
 @pytest.mark.parametrize("modality", ["CT", "MR", "PET", "XRAY", "US"])
 def test_the_cpu_bf16_path_of_the_default_unet_models_agrees_with_float32(modality):
-    """bf16 for the U-Net's coarse levels, float32 at full resolution: within 0.5 HU (CT) or 0.1 %
+    """bf16 for the U-Net's coarse levels, float32 for the two finest: within 0.5 HU (CT) or 0.1 %
     of the image's range (other modalities) of the float32 result, the CPU default where bf16 is native."""
     model = load_model(ModelRegistry.default().find(modality, "unet"))
     volume = phantom_for(modality)
@@ -223,10 +223,10 @@ def test_the_cpu_bf16_path_of_the_default_unet_models_agrees_with_float32(modali
     if modality == "CT":
         shown = (exact > -160) & (exact < 240)
         assert np.percentile(error[shown], 99.9) < 0.5, f"99.9th percentile {np.percentile(error[shown], 99.9):.3f} HU"
-        assert error[shown].max() < 1.5
+        assert error.max() < 0.75, f"largest error {error.max():.3f} HU (bone and air included)"
     else:
         value_range = np.percentile(volume, 99.5) - np.percentile(volume, 0.5)
-        assert np.percentile(error, 99.9) < 1e-3 * value_range, f"{np.percentile(error, 99.9) / value_range:.2e} of the range"
+        assert error.max() < 1e-3 * value_range, f"largest error {error.max() / value_range:.2e} of the range"
     assert np.abs(exact - volume).mean() > 1e-3 * np.ptp(volume), "the model does change the image"
     default = denoise_volume(volume[:1], model, modality, device="cpu").precision
     assert default == ("bf16" if cpu_has_native_bf16() else "fp32")

@@ -178,7 +178,7 @@ def denoise_volume(
     and cost activation memory (measured: benchmarks/benchmark_engine.py).
     precision: "auto" runs the predictors in float16 on CUDA GPUs when they both output small
     corrections (residual content); on CPUs with native bfloat16, U-Net predictors run their coarser
-    levels in bfloat16 and their full-resolution layers in float32 (within 0.5 HU of float32); float32
+    levels in bfloat16 and their two finest levels in float32 (within 0.5 HU of float32); float32
     otherwise. "bf16" asks for that split (for DnCNN and SRDenseNet, whose every layer is at full
     resolution, it means the whole predictor in bf16: 1-3.5 HU off), "fp16" stays within 0.5 HU.
     The fusion and the output are float32 in every case.
@@ -299,8 +299,8 @@ def denoise_volume(
 
 def inference_copy(generator, device, dtype=None):
     """A copy of the generator for inference on `device`: eval mode, BatchNorm folded into the
-    convolutions, channels-last on the CPU; for a bfloat16 `dtype`, U-Net predictors keep their
-    full-resolution layers in float32. The caller's generator is left as it was."""
+    convolutions, channels-last on the CPU; for a bfloat16 `dtype`, U-Net predictors keep their two
+    finest levels in float32. The caller's generator is left as it was."""
     import copy
 
     import torch
@@ -320,8 +320,8 @@ def inference_copy(generator, device, dtype=None):
         clone = clone.to(memory_format=torch.channels_last)
     if dtype == torch.bfloat16:
         for predictor in (clone.content_predictor, clone.noise_predictor):
-            if hasattr(predictor, "keep_full_resolution_in_float32"):
-                predictor.keep_full_resolution_in_float32()
+            if hasattr(predictor, "keep_fine_levels_in_float32"):
+                predictor.keep_fine_levels_in_float32()
     return clone
 
 
@@ -340,7 +340,7 @@ def _compute_dtype(precision: str, generator, device):
     if residual and device.type == "cuda":
         return torch.float16
     # a whole predictor in bf16 (8-bit mantissa) was 1-3.5 HU off (99th percentile in soft tissue);
-    # U-Nets with float32 full-resolution layers (inference_copy) stay within 0.5 HU
+    # U-Nets with their two finest levels in float32 (inference_copy) stay within 0.5 HU
     if residual and device.type == "cpu" and getattr(generator, "variant", "") == "unet" and cpu_has_native_bf16():
         return torch.bfloat16
     return torch.float32

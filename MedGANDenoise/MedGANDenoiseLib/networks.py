@@ -68,12 +68,16 @@ class UNetPredictor(nn.Module):
             y = block(torch.cat([skip, y], dim=1))
         return self.head(y)
 
-    def keep_full_resolution_in_float32(self) -> None:
-        """Run the layers at the image's own resolution (stem, last decoder block, head) in float32
-        under autocast, the coarser levels in reduced precision (in place; call on an inference
-        copy). A bfloat16 image at soft-tissue level lands on 8 HU steps, far coarser than the
-        noise; pooled features carry context, not that detail, so bf16 suits them."""
+    def keep_fine_levels_in_float32(self) -> None:
+        """Run the two finest levels (stem, first pooling block, last two decoder blocks, head) in
+        float32 under autocast and only the coarser ones in reduced precision (in place; call on an
+        inference copy). A bfloat16 image at soft-tissue level lands on 8 HU steps, far coarser than
+        the noise, and features that still carry the image's level lose the noise the same way
+        (measured on a body phantom, largest error: 2.7 HU with only the full-resolution level in
+        float32, 0.5 HU with the two finest); the coarser levels carry context, where bf16 is harmless."""
         self.stem = Float32(self.stem)
+        self.down[0] = Float32(self.down[0])
+        self.up[-2] = Float32(self.up[-2])
         self.up[-1] = Float32(self.up[-1])
         self.head = Float32(self.head)
 

@@ -5,7 +5,7 @@ One function per degradation, plus `make_degradation(spec)` that builds a callab
 
     kind[:name=value[,name=value...]]      a value "a-b" is drawn uniformly per call
 
-    ct_noise:hu=10-60[,kernel=any,cutoff=0.7-1,pixel=0,views=256]   projection-domain CT noise calibrated in HU
+    ct_noise:hu=10-60[,kernel=any,cutoff=0.7-1,pixel=0,views=256,lowfreq=0]   projection-domain CT noise calibrated in HU
     ct_low_dose:dose=0.1-0.5[,photons=1e5,electronic=10,angles=0]   projection-domain low-dose CT (HU in, HU out)
     pet_counts:fraction=0.05-0.5[,counts=8e5,recon=osem,iterations=2,subsets=16,smooth=4,views=0]
                                            count thinning in the projection domain (counts: a full-count slice's total)
@@ -209,6 +209,7 @@ def simulate_ct_noise(
     pixel_size_mm: float = 1.0,
     num_views: int = 256,
     mu_water_per_mm: float = 0.0188,
+    lowfreq: float = 0.0,
     rng: np.random.Generator,
 ) -> np.ndarray:
     """Low-dose CT noise made in the projection domain and calibrated in HU.
@@ -222,9 +223,14 @@ def simulate_ct_noise(
     `noise_hu`: a noise level means the same on every anatomy, pixel size and kernel, unlike a
     dose fraction. Only noise is added, so the mean HU is kept. The attenuation weights come from
     a 2x-downsampled projection (they are smooth); the noise is reconstructed at full size.
+    `lowfreq` (0..1) is the share of the noise variance given to a coarser component (white noise
+    blurred by a 1-pixel Gaussian, scaled by the local level of the reconstructed noise so it
+    follows the same spatial pattern): real scanner noise has more power at low frequencies than
+    filtered back-projection of white sinogram noise gives (see medgan-evaluate's nps.png).
     """
     import torch
     import torch.nn.functional as F
+    from scipy.ndimage import gaussian_filter
 
     if noise_hu <= 0:
         raise ValueError(f"the noise level must be positive, got {noise_hu} HU")
@@ -246,8 +252,16 @@ def simulate_ct_noise(
         tissue = hu > -500
     if tissue.sum() < 200:
         tissue = np.ones_like(hu, dtype=bool)
-    image *= noise_hu / float(np.std(image[tissue]))
-    return (hu + image).astype(np.float32)
+    image /= float(np.std(image[tissue]))
+    if lowfreq > 0:
+        if not 0 <= lowfreq <= 1:
+            raise ValueError(f"lowfreq is a share of the noise variance, 0..1; got {lowfreq}")
+        local_level = np.sqrt(gaussian_filter(image**2, 8.0))
+        coarse_noise = gaussian_filter(rng.standard_normal(hu.shape), 1.0) * local_level
+        coarse_noise /= float(np.std(coarse_noise[tissue]))
+        image = np.sqrt(1 - lowfreq) * image + np.sqrt(lowfreq) * coarse_noise
+        image /= float(np.std(image[tissue]))
+    return (hu + noise_hu * image).astype(np.float32)
 
 
 def soft_tissue_noise_hu(noisy: np.ndarray, clean: np.ndarray) -> float:
@@ -538,7 +552,7 @@ def add_salt_and_pepper(image: np.ndarray, amount: float, *, rng: np.random.Gene
 # ---------------------------------------------------------------- specs
 # kind -> (parameter defaults). A default written as a tuple is a range drawn per call.
 _DEFAULTS: dict[str, dict[str, float | str | tuple[float, float]]] = {
-    "ct_noise": {"hu": (10.0, 60.0), "kernel": "any", "cutoff": (0.7, 1.0), "pixel": 0.0, "views": 256},
+    "ct_noise": {"hu": (10.0, 60.0), "kernel": "any", "cutoff": (0.7, 1.0), "pixel": 0.0, "views": 256, "lowfreq": 0.0},
     "ct_low_dose": {"dose": (0.1, 0.5), "photons": 1e5, "electronic": 10.0, "angles": 0},
     "pet_counts": {"fraction": (0.05, 0.5), "counts": PET_FULL_COUNTS, "recon": "osem", "iterations": 2, "subsets": 16,
                    "smooth": 4.0, "views": 0},
@@ -614,7 +628,8 @@ class Degradation:
         if kind == "ct_noise":
             kernel = str(rng.choice(CT_KERNELS)) if p["kernel"] == "any" else p["kernel"]
             return simulate_ct_noise(image, p["hu"], kernel=kernel, cutoff=p["cutoff"], rng=rng,
-                                     pixel_size_mm=p["pixel"] or pixel_size_mm, num_views=int(p["views"]))
+                                     pixel_size_mm=p["pixel"] or pixel_size_mm, num_views=int(p["views"]),
+                                     lowfreq=p["lowfreq"])
         if kind == "ct_low_dose":
             return simulate_low_dose_ct(image, p["dose"], pixel_size_mm=pixel_size_mm, full_dose_photons=p["photons"],
                                         electronic_noise_std=p["electronic"], num_angles=int(p["angles"]), rng=rng)
