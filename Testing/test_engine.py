@@ -232,6 +232,30 @@ def test_the_cpu_bf16_path_of_the_default_unet_models_agrees_with_float32(modali
     assert default == ("bf16" if cpu_has_native_bf16() else "fp32")
 
 
+@pytest.mark.parametrize("depth, refine", [(1, False), (2, True)])
+def test_the_bf16_split_covers_shallow_unets_and_the_refinement_stage(depth, refine):
+    from MedGANDenoiseLib.networks import Float32, build_generator
+
+    torch.manual_seed(0)
+    generator = build_generator("unet", {"base_width": 4, "depth": depth}, residual_content=True, refine=refine).eval()
+    mixed = engine.inference_copy(generator, torch.device("cpu"), torch.bfloat16)
+    exact = engine.inference_copy(generator, torch.device("cpu"), torch.float32)
+    for predictor in (mixed.content_predictor, mixed.noise_predictor):
+        assert isinstance(predictor.stem, Float32) and isinstance(predictor.down[0], Float32)
+        assert all(isinstance(block, Float32) for block in list(predictor.up)[-2:])
+    assert isinstance(mixed.refinement, Float32) if refine else mixed.refinement is None
+    x = (0.25 + 0.01 * torch.randn(1, 1, 32, 32)).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y_mixed = mixed(x)[0]
+        y_exact = exact(x)[0]
+    assert y_mixed.dtype == torch.float32
+    assert float((y_mixed - y_exact).abs().max()) * 4096 < 0.5, "within half a HU on the CT map"
+    # a refinement stage works on the full image: such models are never put in bf16 by default
+    assert engine._compute_dtype("auto", generator, torch.device("cpu")) == (
+        torch.bfloat16 if depth and not refine and cpu_has_native_bf16() else torch.float32)
+
+
 @pytest.mark.parametrize("variant", ["dncnn", "srdensenet"])
 def test_predictors_without_a_coarse_level_stay_float32_on_the_cpu(variant):
     """Every DnCNN/SRDenseNet layer sees the image at full resolution: in bf16 they are several HU

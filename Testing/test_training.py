@@ -257,8 +257,18 @@ def test_init_from_starts_from_an_exported_model_and_refuses_another_architectur
     fresh = training.build_generator(**training.parse_args(tiny_args(scan, tmp_path / "x")).architecture()).state_dict()
     assert not all(torch.equal(fresh[k].float(), start[k].float()) for k in start if k.endswith("weight"))
 
+    assert ModelRegistry.from_folders([second]).get("tiny-tuned").metrics["epoch"] in (0, 1)
+
+    # a folder holding several models: FOLDER:ID picks one
+    training.main(tiny_args(scan, tmp_path / "run5", "--epochs", "1", "--export", str(first), "--model-id", "tiny-other"))
+    capsys.readouterr()
     with pytest.raises(SystemExit):
-        training.parse_args(tiny_args(scan, tmp_path / "run3", "--width", "6", "--init-from", str(first)))
+        training.parse_args(tiny_args(scan, tmp_path / "run6", "--init-from", str(first)))
+    assert "FOLDER:ID" in capsys.readouterr().err
+    assert training.parse_args(tiny_args(scan, tmp_path / "run6", "--init-from", f"{first}:tiny-start")).init_from
+
+    with pytest.raises(SystemExit):
+        training.parse_args(tiny_args(scan, tmp_path / "run3", "--width", "6", "--init-from", f"{first}:tiny-start"))
     assert "architecture" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         training.parse_args(tiny_args(scan, tmp_path / "run4", "--init-from", "no-such-model"))

@@ -305,7 +305,7 @@ def inference_copy(generator, device, dtype=None):
 
     import torch
 
-    from .networks import fold_batchnorm
+    from .networks import Float32, fold_batchnorm
 
     training = generator.training
     generator.eval()
@@ -322,6 +322,8 @@ def inference_copy(generator, device, dtype=None):
         for predictor in (clone.content_predictor, clone.noise_predictor):
             if hasattr(predictor, "keep_fine_levels_in_float32"):
                 predictor.keep_fine_levels_in_float32()
+        if clone.refinement is not None:  # it works on the full-resolution image
+            clone.refinement = Float32(clone.refinement)
     return clone
 
 
@@ -341,7 +343,8 @@ def _compute_dtype(precision: str, generator, device):
         return torch.float16
     # a whole predictor in bf16 (8-bit mantissa) was 1-3.5 HU off (99th percentile in soft tissue);
     # U-Nets with their two finest levels in float32 (inference_copy) stay within 0.5 HU
-    if residual and device.type == "cpu" and getattr(generator, "variant", "") == "unet" and cpu_has_native_bf16():
+    if (residual and device.type == "cpu" and getattr(generator, "variant", "") == "unet"
+            and getattr(generator, "refinement", None) is None and cpu_has_native_bf16()):
         return torch.bfloat16
     return torch.float32
 
@@ -351,11 +354,15 @@ def _mps_available(torch) -> bool:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU runs bfloat16 convolutions natively (oneDNN), where bf16 autocast pays."""
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX), where bf16 autocast pays.
+    oneDNN's own check accepts any AVX-512 CPU, which only emulates bf16 (slower than float32)."""
     import torch
 
     try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+            return False
+        checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        return any(check() for check in checks if check is not None)
     except (AttributeError, RuntimeError):
         return False
 

@@ -76,10 +76,10 @@ class UNetPredictor(nn.Module):
         (measured on a body phantom, largest error: 2.7 HU with only the full-resolution level in
         float32, 0.5 HU with the two finest); the coarser levels carry context, where bf16 is harmless."""
         self.stem = Float32(self.stem)
-        self.down[0] = Float32(self.down[0])
-        self.up[-2] = Float32(self.up[-2])
-        self.up[-1] = Float32(self.up[-1])
         self.head = Float32(self.head)
+        self.down[0] = Float32(self.down[0])
+        for i in range(max(0, len(self.up) - 2), len(self.up)):  # a depth-1 U-Net has one decoder block
+            self.up[i] = Float32(self.up[i])
 
 
 class Float32(nn.Module):

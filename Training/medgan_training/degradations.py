@@ -234,6 +234,8 @@ def simulate_ct_noise(
 
     if noise_hu <= 0:
         raise ValueError(f"the noise level must be positive, got {noise_hu} HU")
+    if not 0 <= lowfreq <= 1:
+        raise ValueError(f"lowfreq is a share of the noise variance, 0..1; got {lowfreq}")
     height, width = hu.shape
     n = int(np.ceil(np.hypot(height, width))) + 2
     n += n % 2
@@ -254,8 +256,6 @@ def simulate_ct_noise(
         tissue = np.ones_like(hu, dtype=bool)
     image /= float(np.std(image[tissue]))
     if lowfreq > 0:
-        if not 0 <= lowfreq <= 1:
-            raise ValueError(f"lowfreq is a share of the noise variance, 0..1; got {lowfreq}")
         local_level = np.sqrt(gaussian_filter(image**2, 8.0))
         coarse_noise = gaussian_filter(rng.standard_normal(hu.shape), 1.0) * local_level
         coarse_noise /= float(np.std(coarse_noise[tissue]))

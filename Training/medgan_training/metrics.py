@@ -66,20 +66,21 @@ def differentiable_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float, sig
     kernel = (kernel_1d[:, None] * kernel_1d[None, :])[None, None]
     # (co)variances from values centred on each image's mean: E[x^2] - E[x]^2 at a CT level of
     # 0.26 normalised units would lose the variances of a few HU to float32 rounding
-    level = y.float().mean(dim=(-2, -1), keepdim=True)
-    x, y = x.float() - level, y.float() - level
+    with torch.autocast(x.device.type, enabled=False):
+        level = y.float().mean(dim=(-2, -1), keepdim=True)
+        x, y = x.float() - level, y.float() - level
 
-    def local_mean(image: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(image, kernel)
+        def local_mean(image: torch.Tensor) -> torch.Tensor:
+            return F.conv2d(image, kernel)
 
-    mu_x, mu_y = local_mean(x), local_mean(y)
-    var_x = local_mean(x * x) - mu_x**2
-    var_y = local_mean(y * y) - mu_y**2
-    cov = local_mean(x * y) - mu_x * mu_y
-    mu_x, mu_y = mu_x + level, mu_y + level
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    ssim = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return ssim.mean()
+        mu_x, mu_y = local_mean(x), local_mean(y)
+        var_x = local_mean(x * x) - mu_x**2
+        var_y = local_mean(y * y) - mu_y**2
+        cov = local_mean(x * y) - mu_x * mu_y
+        mu_x, mu_y = mu_x + level, mu_y + level
+        c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+        ssim = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+        return ssim.mean()
 
 
 def summarize(per_slice: list[dict[str, float]]) -> dict[str, float]:

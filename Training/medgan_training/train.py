@@ -158,7 +158,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         parser.error("--zoom applies to --clean scans with a simulated degradation, not to paired --low/--high folders")
     if cfg.init_from:
         try:
-            initial_weights(cfg.init_from, cfg)
+            initial_model_card(cfg.init_from, cfg)
         except ValueError as error:
             parser.error(str(error))
     return cfg
@@ -429,23 +429,28 @@ def save_checkpoint(path: Path, epoch: int, generator, discriminator, opt_g, opt
     os.replace(tmp, path)
 
 
-def initial_weights(spec: str, cfg: TrainConfig) -> dict[str, torch.Tensor]:
-    """The generator weights of the model named by --init-from, checked against the run's architecture."""
-    folder = Path(spec)
-    if folder.is_dir():
-        cards = ModelRegistry.read_folder(folder)
+def initial_model_card(spec: str, cfg: TrainConfig) -> ModelCard:
+    """The card of the model --init-from names (a registered id, an exported folder holding one model,
+    or FOLDER:ID), checked against the run's modality and architecture without loading its weights."""
+    folder, _, model_id = spec.rpartition(":")
+    if folder and Path(folder).is_dir():
+        card = ModelRegistry.from_folders([folder]).get(model_id)
+    elif Path(spec).is_dir():
+        cards = ModelRegistry.read_folder(spec)
         if len(cards) != 1:
-            raise ValueError(f"--init-from {spec}: the folder holds {len(cards)} models; give one model's id instead")
+            ids = ", ".join(c.id for c in cards) or "none"
+            raise ValueError(f"--init-from {spec}: the folder holds {len(cards)} models ({ids}); give FOLDER:ID")
         card = cards[0]
     else:
         card = ModelRegistry.default().get(spec)
-    wanted = json.loads(json.dumps(cfg.architecture()))
-    if json.loads(json.dumps(card.architecture)) != wanted:
-        raise ValueError(f"--init-from {card.id}: its architecture {card.architecture} differs from this run's {wanted}; "
-                         "set --variant, --width, --depth and --mode to the model's")
     if card.modality != cfg.modality:
         raise ValueError(f"--init-from {card.id}: a {card.modality} model, but --modality is {cfg.modality}")
-    return load_model(card).generator.state_dict()
+    shapes = lambda arch: {k: tuple(v.shape) for k, v in build_generator(**arch).state_dict().items()}
+    if shapes(card.architecture) != shapes(cfg.architecture()):
+        raise ValueError(f"--init-from {card.id}: its architecture {card.architecture} differs from this run's "
+                         f"{cfg.architecture()}; set --variant, --width, --depth, --mode, --residual-content and "
+                         "--refine to the model's")
+    return card
 
 
 def git_commit() -> str:
@@ -544,8 +549,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     generator = build_generator(**cfg.architecture()).to(device, memory_format=torch.channels_last)
     discriminator = PatchDiscriminator(in_channels=3, width=cfg.disc_width).to(device, memory_format=torch.channels_last)
     init_weights(discriminator)
-    if cfg.init_from and not (cfg.resume and (out / "checkpoint.pt").is_file()):
-        generator.load_state_dict(initial_weights(cfg.init_from, cfg))
+    fine_tuning = bool(cfg.init_from) and not (cfg.resume and (out / "checkpoint.pt").is_file())
+    if fine_tuning:
+        generator.load_state_dict(load_model(initial_model_card(cfg.init_from, cfg)).generator.state_dict())
     autocast_dtype = training_autocast_dtype(cfg.precision, device)
     ssim_window = evaluation_window_units(cfg.modality)
     fusion = list(generator.fusion.parameters()) if generator.fusion is not None else []
@@ -582,6 +588,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if is_main and not (cfg.resume and log_path.is_file()):
         with open(log_path, "w", newline="") as f:
             csv.writer(f).writerow(fields)
+    if is_main and fine_tuning:  # the starting model competes for "best": fine-tuning never exports a worse one
+        metrics, _ = validate(unwrap(generator), val_pairs, cfg, device)
+        best = {"validation": metrics, "noisy_input": baseline, "window": window.label(unit), "epoch": 0,
+                "val_slices": len(val_pairs), "val_degradation": data_info.get("val_degradation", "paired data")}
+        best_generator = {k: v.detach().clone() for k, v in unwrap(generator).state_dict().items()}
+        print(f"epoch 0 (--init-from {cfg.init_from}): {format_summary(metrics, window, unit)}", flush=True)
 
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
