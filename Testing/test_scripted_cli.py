@@ -169,6 +169,7 @@ def test_cli_denoises_nrrd_files_with_progress_and_the_inputs_geometry(tmp_path)
     assert report["shape"] == [4, 64, 64]
     assert report["sigma_after"] < report["sigma_before"]
     assert "Noise estimate" in cli_protocol.format_report(report)
+    assert report["precision"] in ("fp32", "bf16") and f"Device: cpu ({report['precision']})" in cli_protocol.format_report(report)
 
 
 def test_cli_killed_in_the_middle_leaves_no_output_file(tmp_path):
@@ -331,6 +332,8 @@ def test_logic_exchange_places_updates_and_cleans_up(tmp_path):
     np.testing.assert_allclose(mrml.volume_array(outputs.denoised_node) + mrml.volume_array(outputs.noise_node), array, atol=1e-2)
     assert outputs.denoised_node.GetDisplayNode().GetWindow() == pytest.approx(400)
     assert outputs.result.device == "cpu" and outputs.sigma_after < outputs.sigma_before
+    assert outputs.result.precision == report["precision"] and isinstance(outputs.result.warnings, list)
+    assert outputs.result.warnings == report["warnings"], "the CLI's warnings reach the panel's result"
     # nothing of the exchange is left: only the two outputs and their display nodes were added
     added = {scene.GetNodeByID(i) for i in node_ids(scene) - before}
     assert {n.GetID() for n in added if n.IsA("vtkMRMLScalarVolumeNode")} == {outputs.denoised_node.GetID(), outputs.noise_node.GetID()}

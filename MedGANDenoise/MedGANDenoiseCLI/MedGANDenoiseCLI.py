@@ -120,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         file.commit()
     report = {
         "model_id": card.id, "description": card.description, "modality": card.modality, "variant": card.variant,
-        "modality_reason": reason, "device": result.device, "batch_size": result.batch_size, "seconds": round(result.seconds, 3),
+        "modality_reason": reason, "device": result.device, "precision": result.precision, "batch_size": result.batch_size,
+        "seconds": round(result.seconds, 3),
         "shape": list(volume.shape), "sigma_before": estimate_noise_sigma(volume), "sigma_after": estimate_noise_sigma(result.denoised),
         "warnings": list(result.warnings),
     }

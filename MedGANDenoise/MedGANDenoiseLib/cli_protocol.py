@@ -82,7 +82,8 @@ def format_report(report: dict[str, Any]) -> str:
     if report.get("description"):
         lines.append(f"  {report['description']}")
     if report.get("device"):
-        lines.append(f"Device: {report['device']}, batch size {report.get('batch_size', '?')}")
+        precision = f" ({report['precision']})" if report.get("precision") else ""
+        lines.append(f"Device: {report['device']}{precision}, batch size {report.get('batch_size', '?')}")
     if "seconds" in report:
         lines.append(f"Time: {float(report['seconds']):.1f} s for {'x'.join(map(str, report.get('shape', [])))} voxels")
     if "sigma_before" in report:

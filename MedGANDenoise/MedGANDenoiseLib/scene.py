@@ -214,7 +214,8 @@ def finish_exchange(scene, exchange: CliExchange, report: dict[str, Any], *, gen
         denoised = np.array(denoised, dtype=np.float32)  # copies: the exchange nodes are removed below
         noise = np.array(volume_array(exchange.noise), dtype=np.float32) if exchange.noise is not None else input_array - denoised
         result = DenoiseResult(denoised, noise, str(report.get("device", "?")), float(report.get("seconds", 0.0)),
-                               int(report.get("batch_size", 0)), list(report.get("warnings", [])))
+                               int(report.get("batch_size", 0)), precision=str(report.get("precision", "?")),
+                               warnings=list(report.get("warnings", [])))
         return apply_result(scene, input_node, result, denoised_node=denoised_node, noise_node=noise_node, skip_noise=skip_noise)
     finally:
         remove_exchange(scene, exchange)
