@@ -113,7 +113,8 @@ class TrainConfig:
     resume: bool = option(False, "Continue from the checkpoint in --out.")
     init_from: str = option("", "Start from the weights of an existing model (a registered model id, or an exported "
                             "model's folder) instead of a random initialisation: fine-tuning, e.g. a shipped model on "
-                            "your own scans. Its architecture must be the one given by --variant/--width/--depth.")
+                            "your own scans (use a low --lr, e.g. 3e-5). Its architecture must be the one given by "
+                            "--variant/--width/--depth.")
     export: str = option("", "Folder to export the best epoch's weights (fp16) and model card to.")
     model_id: str = option("", "Id of the exported model (default: <modality>-<variant>-<mode>-w<width>).")
     description: str = option("", "One-line description written into the model card.")
