@@ -253,7 +253,7 @@ def test_the_bf16_split_covers_shallow_unets_and_the_refinement_stage(depth, ref
     assert float((y_mixed - y_exact).abs().max()) * 4096 < 0.5, "within half a HU on the CT map"
     # a refinement stage works on the full image: such models are never put in bf16 by default
     assert engine._compute_dtype("auto", generator, torch.device("cpu")) == (
-        torch.bfloat16 if depth and not refine and cpu_has_native_bf16() else torch.float32)
+        torch.bfloat16 if not refine and cpu_has_native_bf16() else torch.float32)
 
 
 @pytest.mark.parametrize("variant", ["dncnn", "srdensenet"])

@@ -111,8 +111,8 @@ class TrainConfig:
     # output
     out: str = option("runs/train", "Folder for the log, loss curve, picture panels and checkpoint.")
     resume: bool = option(False, "Continue from the checkpoint in --out.")
-    init_from: str = option("", "Start from the weights of an existing model (a registered model id, or an exported "
-                            "model's folder) instead of a random initialisation: fine-tuning, e.g. a shipped model on "
+    init_from: str = option("", "Start from the weights of an existing model (a registered model id, an exported "
+                            "model's folder, or FOLDER:ID) instead of a random initialisation: fine-tuning, e.g. a shipped model on "
                             "your own scans (use a low --lr, e.g. 3e-5). Its architecture must be the one given by "
                             "--variant/--width/--depth.")
     export: str = option("", "Folder to export the best epoch's weights (fp16) and model card to.")
@@ -589,11 +589,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if is_main and not (cfg.resume and log_path.is_file()):
         with open(log_path, "w", newline="") as f:
             csv.writer(f).writerow(fields)
+
+    def record_best(metrics: dict[str, Any], epoch: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """The best-epoch record and a copy of the generator's weights now."""
+        record = {"validation": metrics, "noisy_input": baseline, "window": window.label(unit), "epoch": epoch,
+                  "val_slices": len(val_pairs), "val_degradation": data_info.get("val_degradation", "paired data")}
+        return record, {k: v.detach().clone() for k, v in unwrap(generator).state_dict().items()}
+
     if is_main and fine_tuning:  # the starting model competes for "best": fine-tuning never exports a worse one
         metrics, _ = validate(unwrap(generator), val_pairs, cfg, device)
-        best = {"validation": metrics, "noisy_input": baseline, "window": window.label(unit), "epoch": 0,
-                "val_slices": len(val_pairs), "val_degradation": data_info.get("val_degradation", "paired data")}
-        best_generator = {k: v.detach().clone() for k, v in unwrap(generator).state_dict().items()}
+        best, best_generator = record_best(metrics, 0)
         print(f"epoch 0 (--init-from {cfg.init_from}): {format_summary(metrics, window, unit)}", flush=True)
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -656,9 +661,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             save_panel(out / f"panel_epoch{epoch + 1:03d}.png", val_pairs[shown][0], outputs[shown][0], outputs[shown][1],
                        val_pairs[shown][1], cfg, f"epoch {epoch + 1}: {format_summary(metrics, window, unit)}")
             if not best or metrics["psnr"] > best["validation"]["psnr"]:
-                best = {"validation": metrics, "noisy_input": baseline, "window": window.label(unit), "epoch": epoch + 1,
-                        "val_slices": len(val_pairs), "val_degradation": data_info.get("val_degradation", "paired data")}
-                best_generator = {k: v.detach().clone() for k, v in unwrap(generator).state_dict().items()}
+                best, best_generator = record_best(metrics, epoch + 1)
             save_checkpoint(checkpoint_path, epoch, generator, discriminator, opt_g, opt_d, cfg, best, best_generator)
             print(f"epoch {epoch + 1}: {format_summary(metrics, window, unit)} | content {metrics['content_psnr']:.2f} dB "
                   f"(bias {metrics['content_bias']:+.1f}), x - n {metrics['x_minus_noise_psnr']:.2f} dB | input PSNR "
