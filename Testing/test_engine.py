@@ -212,7 +212,7 @@ def phantom_for(modality: str, size: int = 192) -> np.ndarray:
 
 @pytest.mark.parametrize("modality", ["CT", "MR", "PET", "XRAY", "US"])
 def test_the_cpu_bf16_path_of_the_default_unet_models_agrees_with_float32(modality):
-    """bf16 for the U-Net's coarse levels, float32 for the two finest: within 0.5 HU (CT) or 0.1 %
+    """bf16 for the U-Net's coarse levels, float32 for the three finest: within 0.5 HU (CT) or 0.1 %
     of the image's range (other modalities) of the float32 result, the CPU default where bf16 is native."""
     model = load_model(ModelRegistry.default().find(modality, "unet"))
     volume = phantom_for(modality)
@@ -232,7 +232,7 @@ def test_the_cpu_bf16_path_of_the_default_unet_models_agrees_with_float32(modali
     assert default == ("bf16" if cpu_has_native_bf16() else "fp32")
 
 
-@pytest.mark.parametrize("depth, refine", [(1, False), (2, True)])
+@pytest.mark.parametrize("depth, refine", [(1, False), (2, True), (4, False)])
 def test_the_bf16_split_covers_shallow_unets_and_the_refinement_stage(depth, refine):
     from MedGANDenoiseLib.networks import Float32, build_generator
 
@@ -241,10 +241,12 @@ def test_the_bf16_split_covers_shallow_unets_and_the_refinement_stage(depth, ref
     mixed = engine.inference_copy(generator, torch.device("cpu"), torch.bfloat16)
     exact = engine.inference_copy(generator, torch.device("cpu"), torch.float32)
     for predictor in (mixed.content_predictor, mixed.noise_predictor):
-        assert isinstance(predictor.stem, Float32) and isinstance(predictor.down[0], Float32)
-        assert all(isinstance(block, Float32) for block in list(predictor.up)[-2:])
+        assert isinstance(predictor.stem, Float32) and isinstance(predictor.head, Float32)
+        # the three finest levels (full, 1/2 and 1/4 resolution) in float32, the coarser ones not
+        assert [isinstance(block, Float32) for block in predictor.down] == [level < 2 for level in range(depth)]
+        assert [isinstance(block, Float32) for block in predictor.up] == [level < 3 for level in reversed(range(depth))]
     assert isinstance(mixed.refinement, Float32) if refine else mixed.refinement is None
-    x = (0.25 + 0.01 * torch.randn(1, 1, 32, 32)).contiguous(memory_format=torch.channels_last)
+    x = (0.25 + 0.01 * torch.randn(1, 1, 64, 64)).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y_mixed = mixed(x)[0]

@@ -178,7 +178,7 @@ def denoise_volume(
     and cost activation memory (measured: benchmarks/benchmark_engine.py).
     precision: "auto" runs the predictors in float16 on CUDA GPUs when they both output small
     corrections (residual content); on CPUs with native bfloat16, U-Net predictors run their coarser
-    levels in bfloat16 and their two finest levels in float32 (within 0.5 HU of float32); float32
+    levels in bfloat16 and their three finest levels in float32 (within 0.5 HU of float32); float32
     otherwise. "bf16" asks for that split (for DnCNN and SRDenseNet, whose every layer is at full
     resolution, it means the whole predictor in bf16: 1-3.5 HU off), "fp16" stays within 0.5 HU.
     The fusion and the output are float32 in every case.
@@ -299,7 +299,7 @@ def denoise_volume(
 
 def inference_copy(generator, device, dtype=None):
     """A copy of the generator for inference on `device`: eval mode, BatchNorm folded into the
-    convolutions, channels-last on the CPU; for a bfloat16 `dtype`, U-Net predictors keep their two
+    convolutions, channels-last on the CPU; for a bfloat16 `dtype`, U-Net predictors keep their three
     finest levels in float32. The caller's generator is left as it was."""
     import copy
 
@@ -342,7 +342,7 @@ def _compute_dtype(precision: str, generator, device):
     if residual and device.type == "cuda":
         return torch.float16
     # a whole predictor in bf16 (8-bit mantissa) was 1-3.5 HU off (99th percentile in soft tissue);
-    # U-Nets with their two finest levels in float32 (inference_copy) stay within 0.5 HU
+    # U-Nets with their three finest levels in float32 (inference_copy) stay within 0.5 HU
     if (residual and device.type == "cpu" and getattr(generator, "variant", "") == "unet"
             and getattr(generator, "refinement", None) is None and cpu_has_native_bf16()):
         return torch.bfloat16

@@ -106,9 +106,11 @@ def evaluate(
     device: str = "auto",
     tune_slices: int = 3,
     tune_crop: int = 256,
+    strength: float = 1.0,
     log=print,
 ) -> tuple[dict[str, dict], dict[str, np.ndarray], Window]:
-    """Metrics per method on a (slices, H, W) stack; returns (summaries, outputs, window).
+    """Metrics per method on a (slices, H, W) stack; returns (summaries, outputs, window). The
+    models remove `strength` of their estimated noise (their branch rows are always whole).
     Each summary holds mean and std of PSNR, SSIM, RMSE and bias, seconds_per_slice, setting
     and, for oracle-tuned baselines, oracle=True and the search's details."""
     modality = normalize_modality(modality)
@@ -132,15 +134,16 @@ def evaluate(
         for card in cards:
             log(f"model {card.id} ...")
             model = load_model(card)
-            result = denoise_volume(noisy, model, modality, device=device)
-            name = f"model {card.id}"
+            result = denoise_volume(noisy, model, modality, device=device, strength=strength)
+            base = f"model {card.id}"
+            name = base + (f", strength {strength:g}" if strength != 1.0 else "")
             outputs[name] = result.denoised
             extra[name] = {"method": "model", "seconds_per_slice": result.seconds / len(noisy), "oracle": False,
-                           "setting": f"{card.variant}, {result.precision} on {result.device}"}
+                           "setting": f"{card.variant}, {result.precision} on {result.device}", "strength": strength}
             if branches and card.architecture.get("mode", "both") == "both":
                 for branch, stack in model_branches(model, noisy, device).items():
-                    outputs[f"{name}: {branch}"] = stack
-                    extra[f"{name}: {branch}"] = {"method": "model branch", "seconds_per_slice": None,
+                    outputs[f"{base}: {branch}"] = stack
+                    extra[f"{base}: {branch}"] = {"method": "model branch", "seconds_per_slice": None,
                                                   "setting": "fp32, one branch alone", "oracle": False}
     summaries = {}
     for name, stack in outputs.items():
@@ -302,10 +305,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tune-slices", type=int, default=3, help="Slices the oracle search uses (spread over the stack).")
     parser.add_argument("--tune-crop", type=int, default=256, help="Side of the central crop the oracle search uses.")
     parser.add_argument("--device", default="auto", help="Device of the models: auto, cpu, cuda or mps.")
+    parser.add_argument("--strength", type=float, default=1.0,
+                        help="Share of their estimated noise the models remove, 0..1, as medgan-denoise --strength (default: 1).")
     parser.add_argument("--out", type=Path, default=Path("output/evaluate"), help="Output folder.")
     args = parser.parse_args(argv)
     try:
         methods = parse_methods(args.methods)
+        if not 0.0 <= args.strength <= 1.0:
+            raise ValueError(f"--strength must be between 0 and 1, got {args.strength}")
         if args.no_classical:
             methods = tuple(m for m in methods if m not in BASELINES)
         if args.real_ldct_pair:
@@ -316,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
             noisy, clean = simulated_stack(args.clean, args.degradation, args.slices, args.seed, args.axis, args.tile)
         summaries, outputs, window = evaluate(noisy, clean, modality, methods=methods, models=args.models,
                                               models_dirs=tuple(args.models_dir), branches=not args.no_branches,
-                                              device=args.device, tune_slices=args.tune_slices, tune_crop=args.tune_crop)
+                                              device=args.device, tune_slices=args.tune_slices, tune_crop=args.tune_crop,
+                                              strength=args.strength)
     except (ValueError, OSError) as error:
         print(f"medgan-evaluate: error: {error}", file=sys.stderr)
         return 2
