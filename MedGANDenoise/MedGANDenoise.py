@@ -26,6 +26,7 @@ from slicer.util import VTKObservationMixin
 from MedGANDenoiseLib import cli_protocol
 from MedGANDenoiseLib import scene as sceneTools
 from MedGANDenoiseLib.cli_protocol import MODALITY_CHOICES, SLICE_AXES
+from MedGANDenoiseLib.registry import normalize_modality
 
 SETTINGS_DEVICE = "MedGANDenoise/device"
 SETTINGS_MODELS_FOLDER = "MedGANDenoise/modelsFolder"
@@ -43,7 +44,8 @@ Removes noise from CT, MR and PET (and X-ray, ultrasound) volumes with a GAN gen
 complementary predictors: one predicts the clean content, one the noise, and a learned 1x1
 fusion joins them. Pick the input volume, the modality (Auto reads the DICOM modality or guesses
 from the intensities) and the predictor variant (U-Net, DnCNN or SRDenseNet; only variants with
-weights for the modality are offered), then click Denoise. Two volumes are created: the denoised
+weights for the modality are offered) and, where there are several, the model (for the CT U-Net:
+ct-unet-w32, or the 3x faster ct-unet-w16), then click Denoise. Two volumes are created: the denoised
 volume and the estimated noise (input = denoised + noise). The input is never modified. The model
 runs in a separate process (the MedGANDenoiseCLI module): the application stays responsive and
 Cancel stops it at once. The Details section shows what ran.
@@ -54,7 +56,7 @@ denoised, noise = logic.process(volumeNode, modality="CT", variant="unet", devic
 </pre>
 Pass <code>cancelEvent=threading.Event()</code> and set it to cancel,
 <code>progressCallback=lambda percent, total: ...</code> to follow the run, and
-<code>inProcess=True</code> to run the engine in Slicer's own process. See the README for batch
+<code>modelId="ct-unet-w16"</code> to pick a model, <code>inProcess=True</code> to run the engine in Slicer's own process. See the README for batch
 processing of many files.
 """
         self.parent.acknowledgementText = """
@@ -68,8 +70,8 @@ noise types and modalities. Built with PyTorch, SimpleITK and the SlicerPyTorch 
 @parameterNodeWrapper
 class MedGANDenoiseParameterNode:
     """Bound to the panel through the widgets' SlicerParameterName. Fixed lists use Choice; the
-    variant and device lists depend on the models and GPUs found at run time, so their combo
-    boxes are not bound: the widget keeps variant and device here in code."""
+    variant, model and device lists depend on the models and GPUs found at run time, so their combo
+    boxes are not bound: the widget keeps variant, model and device here in code."""
 
     inputVolume: vtkMRMLScalarVolumeNode
     modality: Annotated[str, Choice(list(MODALITY_CHOICES))] = "Auto"
@@ -81,6 +83,7 @@ class MedGANDenoiseParameterNode:
     noiseVolume: Optional[vtkMRMLScalarVolumeNode] = None
     skipNoise: bool = False
     variant: str = "unet"  # not bound (see above)
+    modelId: str = ""  # not bound; "" is the first model of the modality and variant
     device: str = "auto"  # not bound (see above)
 
 
@@ -122,6 +125,7 @@ class MedGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateVariants)
         self.ui.modelsFolderPathLineEdit.connect("currentPathChanged(QString)", self.onModelsFolderChanged)
         self.ui.variantComboBox.connect("currentIndexChanged(int)", self.onVariantChanged)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self.initializeParameterNode()
         self.updateDevices()
@@ -229,6 +233,33 @@ class MedGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onVariantChanged(self, index: int = 0) -> None:
         if self._parameterNode and self.ui.variantComboBox.count:
             self._parameterNode.variant = self.ui.variantComboBox.currentText
+        self.updateModels()
+
+    def currentModelId(self) -> str:
+        if not self.ui.modelComboBox.count:
+            return ""
+        return self.ui.modelComboBox.itemData(self.ui.modelComboBox.currentIndex) or ""
+
+    def updateModels(self) -> None:
+        """Offer the models of the chosen modality and variant, the default (first) on top, each
+        with its description as tooltip; the parameter node's model is kept when it is listed."""
+        if not self._parameterNode:
+            return
+        modality, _ = self.logic.resolveModality(self.ui.inputVolumeSelector.currentNode(), self.ui.modalityComboBox.currentText)
+        variant = self.ui.variantComboBox.currentText if self.ui.variantComboBox.count else ""
+        try:
+            cards = sceneTools.load_registry(self._modelsFolder()).models_for(modality, variant) if modality and variant else []
+        except ValueError:
+            cards = []
+        labels = [(f"{card.id} (default)" if index == 0 and len(cards) > 1 else card.id, card.id) for index, card in enumerate(cards)]
+        self._refill(self.ui.modelComboBox, labels, self._parameterNode.modelId)
+        for index, card in enumerate(cards):
+            self.ui.modelComboBox.setItemData(index, card.description, qt.Qt.ToolTipRole)
+        self.onModelChanged()
+
+    def onModelChanged(self, index: int = 0) -> None:
+        if self._parameterNode:
+            self._parameterNode.modelId = self.currentModelId()
 
     def onModelsFolderChanged(self, path: str = "") -> None:
         qt.QSettings().setValue(SETTINGS_MODELS_FOLDER, self.ui.modelsFolderPathLineEdit.currentPath)
@@ -264,7 +295,8 @@ class MedGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.ensureTorch()
             modality, reason = self.logic.resolveModality(p.inputVolume, p.modality)
             run = self.logic.startRun(
-                p.inputVolume, modality=modality, variant=self.ui.variantComboBox.currentText, device=self.currentDevice(),
+                p.inputVolume, modality=modality, variant=self.ui.variantComboBox.currentText, modelId=self.currentModelId(),
+                device=self.currentDevice(),
                 strength=p.strength, batchSize=p.batchSize or None, sliceAxis=SLICE_AXES[p.sliceAxis], modelsFolder=self._modelsFolder(),
                 denoisedVolume=p.denoisedVolume, noiseVolume=p.noiseVolume, skipNoise=p.skipNoise)
             self._run = run
@@ -373,16 +405,29 @@ class MedGANDenoiseLogic(ScriptedLoadableModuleLogic):
             return None, "Select an input volume."
         return sceneTools.guess_modality(volumeNode)
 
-    def loadModel(self, modality: str, variant: str, modelsFolder: Optional[str] = None):
+    @staticmethod
+    def findModel(modality: str, variant: str, modelsFolder: Optional[str] = None, modelId: Optional[str] = None):
+        """The card of modelId (which must be a model of `modality`), or else the first model of the
+        modality and variant; ValueError naming what exists when there is none."""
+        registry = sceneTools.load_registry(modelsFolder)
+        if not modelId:
+            return registry.find(modality, variant)
+        card = registry.get(modelId)
+        if card.modality != normalize_modality(modality):
+            raise ValueError(f"model {card.id!r} is a {card.modality} model, but the volume is {modality}: pick a {modality} model")
+        return card
+
+    def loadModel(self, modality: str, variant: str, modelsFolder: Optional[str] = None, modelId: Optional[str] = None):
         from MedGANDenoiseLib.registry import load_model
 
-        return load_model(sceneTools.load_registry(modelsFolder).find(modality, variant))
+        return load_model(self.findModel(modality, variant, modelsFolder, modelId))
 
     def startRun(self, inputVolume, *, modality: str, variant: str = "unet", device: str = "auto", strength: float = 1.0,
                  batchSize: Optional[int] = None, sliceAxis: int = 0, modelsFolder: Optional[str] = None, denoisedVolume=None,
-                 noiseVolume=None, skipNoise: bool = False, wait: bool = False) -> DenoiseRun:
-        """Start the MedGANDenoiseCLI module on inputVolume (returns at once unless wait).
-        The outputs are put into the scene by finishRun once the CLI node is no longer busy."""
+                 noiseVolume=None, skipNoise: bool = False, wait: bool = False, modelId: Optional[str] = None) -> DenoiseRun:
+        """Start the MedGANDenoiseCLI module on inputVolume (returns at once unless wait) with the
+        model modelId, or the first model of the modality and variant. The outputs are put into
+        the scene by finishRun once the CLI node is no longer busy."""
         if inputVolume is None:
             raise ValueError("no input volume given")
         for output in (denoisedVolume, noiseVolume):
@@ -390,7 +435,7 @@ class MedGANDenoiseLogic(ScriptedLoadableModuleLogic):
                 raise ValueError("an output volume cannot be the input volume: pick another output or 'Create new volume'")
         if denoisedVolume is not None and denoisedVolume is noiseVolume and not skipNoise:
             raise ValueError("the denoised and the noise outputs are the same volume: pick two different volumes or 'Create new volume'")
-        card = sceneTools.load_registry(modelsFolder).find(modality, variant)  # a missing model fails here, before any process starts
+        card = self.findModel(modality, variant, modelsFolder, modelId)  # a missing model fails here, before any process starts
         cliModule = getattr(slicer.modules, cli_protocol.CLI_MODULE_NAME.lower(), None)
         if cliModule is None:
             raise ValueError(f"the {cli_protocol.CLI_MODULE_NAME} module is not loaded: reinstall the extension (from a checkout, add "
@@ -438,11 +483,12 @@ class MedGANDenoiseLogic(ScriptedLoadableModuleLogic):
     def process(self, inputVolume, modality: str = "auto", variant: str = "unet", device: str = "auto", strength: float = 1.0,
                 denoisedVolume=None, noiseVolume=None, progressCallback: Optional[Callable[[int, int], None]] = None,
                 cancelEvent: Optional[threading.Event] = None, batchSize: Optional[int] = None, sliceAxis: int = 0,
-                modelsFolder: Optional[str] = None, skipNoise: bool = False, inProcess: bool = False):
+                modelsFolder: Optional[str] = None, skipNoise: bool = False, inProcess: bool = False, modelId: Optional[str] = None):
         """Denoise inputVolume (blocking) and return (denoisedVolume, noiseVolume).
 
         Runs the MedGANDenoiseCLI module in a separate process (inProcess=True: the engine in
-        Slicer's process). progressCallback(percent, 100) follows the run; setting cancelEvent
+        Slicer's process) with the model modelId (e.g. "ct-unet-w16", the fast CT tier; default: the
+        first model of the modality and variant). progressCallback(percent, 100) follows the run; setting cancelEvent
         (a threading.Event) stops it: DenoiseCancelled is raised and the scene is left as it
         was. Errors are ValueErrors with a message saying what to do.
         """
@@ -452,14 +498,14 @@ class MedGANDenoiseLogic(ScriptedLoadableModuleLogic):
         resolved, reason = self.resolveModality(inputVolume, modality)
         logging.info(f"MedGANDenoise: modality {resolved} ({reason})")
         if inProcess:
-            model = self.loadModel(resolved, variant, modelsFolder)
+            model = self.loadModel(resolved, variant, modelsFolder, modelId)
             outputs = sceneTools.denoise_volume_node(
                 slicer.mrmlScene, inputVolume, model, modality=resolved, denoised_node=denoisedVolume, noise_node=noiseVolume,
                 skip_noise=skipNoise, axis=sliceAxis, batch_size=batchSize, device=device, strength=strength,
                 progress=progressCallback, should_cancel=cancelEvent.is_set if cancelEvent is not None else None)
         else:
             blocking = progressCallback is None and cancelEvent is None  # slicer.cli.runSync
-            run = self.startRun(inputVolume, modality=resolved, variant=variant, device=device, strength=strength, batchSize=batchSize,
+            run = self.startRun(inputVolume, modality=resolved, variant=variant, modelId=modelId, device=device, strength=strength, batchSize=batchSize,
                                 sliceAxis=sliceAxis, modelsFolder=modelsFolder, denoisedVolume=denoisedVolume, noiseVolume=noiseVolume,
                                 skipNoise=skipNoise, wait=blocking)
             reported = None

@@ -134,10 +134,10 @@ def test_every_bound_name_exists_on_both_sides_and_runtime_lists_stay_unbound():
     bound = bound_widgets(UI.read_text())
     assert set(bound) <= set(fields)
     # fields without a widget are kept in code on purpose: only the run-time lists
-    assert set(fields) - set(bound) == {"variant", "device"}
+    assert set(fields) - set(bound) == {"variant", "modelId", "device"}
     names = {widget for widget, _ in bound.values()}
-    assert not {"variantComboBox", "deviceComboBox"} & names
-    assert {"variantComboBox", "deviceComboBox"} <= widgets_filled_by_code(tree)
+    assert not {"variantComboBox", "modelComboBox", "deviceComboBox"} & names
+    assert {"variantComboBox", "modelComboBox", "deviceComboBox"} <= widgets_filled_by_code(tree)
     for parameter in ("modality", "sliceAxis"):
         kind, validators, _ = fields[parameter]
         assert kind == "str" and "Choice" in validators
@@ -320,3 +320,80 @@ def test_a_finished_run_is_taken_out_of_the_scene_after_the_cli_nodes_event(monk
     timers.pop()()
     assert finished == [True] and widget._run is None
     assert "scene was closed" in widget.ui.statusLabel.text  # Logic.finishRun returned None
+
+
+class FakeComboBox:
+    """The part of QComboBox the widget's list handling meets: items with data and tooltips."""
+
+    def __init__(self, texts=()):
+        self.items, self.currentIndex, self.tooltips = [(t, None) for t in texts], 0, {}
+
+    @property
+    def count(self):
+        return len(self.items)
+
+    @property
+    def currentText(self):
+        return self.items[self.currentIndex][0] if self.items else ""
+
+    def blockSignals(self, blocked):
+        return False
+
+    def clear(self):
+        self.items, self.currentIndex = [], 0
+
+    def addItem(self, text, data=None):
+        self.items.append((text, data))
+
+    def setCurrentIndex(self, index):
+        self.currentIndex = index
+
+    def itemData(self, index, role=None):
+        return self.items[index][1]
+
+    def setItemData(self, index, value, role):
+        self.tooltips[index] = value
+
+
+def test_the_model_list_follows_modality_and_variant_and_reaches_the_run(monkeypatch, tmp_path):
+    """The panel lists every model of the chosen modality and variant, the default first: for the
+    shipped CT U-Nets the width-32 default and the width-16 fast tier; a model of the user's
+    folder joins the list; the choice is kept while it is listed and Logic.findModel runs it."""
+    import types
+
+    from conftest import write_tiny_model
+
+    folder = write_tiny_model(tmp_path / "models", "tiny-mr", "MR")
+    qt = types.ModuleType("qt")
+    qt.Qt = types.SimpleNamespace(ToolTipRole=3)
+    module = import_module_with_stubs(monkeypatch, qt)
+    widget = object.__new__(module.MedGANDenoiseWidget)
+    widget.logic = object.__new__(module.MedGANDenoiseLogic)
+    widget._parameterNode = types.SimpleNamespace(variant="unet", modelId="")
+    widget.ui = types.SimpleNamespace(
+        inputVolumeSelector=types.SimpleNamespace(currentNode=lambda: None),
+        modalityComboBox=types.SimpleNamespace(currentText="CT"),
+        variantComboBox=FakeComboBox(["unet"]), modelComboBox=FakeComboBox(),
+        modelsFolderPathLineEdit=types.SimpleNamespace(currentPath=str(folder)))
+    widget.onVariantChanged()
+    assert [data for _, data in widget.ui.modelComboBox.items] == ["ct-unet-w32", "ct-unet-w16"]
+    assert widget.ui.modelComboBox.items[0][0] == "ct-unet-w32 (default)"
+    assert "width 32" in widget.ui.modelComboBox.tooltips[0]
+    assert widget._parameterNode.modelId == "ct-unet-w32"
+    widget.ui.modelComboBox.setCurrentIndex(1)  # the user picks the fast tier
+    widget.onModelChanged()
+    assert widget._parameterNode.modelId == widget.currentModelId() == "ct-unet-w16"
+    widget.onVariantChanged()  # e.g. the input volume changed: the choice stays
+    assert widget.currentModelId() == "ct-unet-w16"
+    card = widget.logic.findModel("CT", "unet", str(folder), widget.currentModelId())
+    assert (card.id, card.architecture["predictor"]["base_width"]) == ("ct-unet-w16", 16)
+    with pytest.raises(ValueError, match="is a CT model, but the volume is MR"):
+        widget.logic.findModel("MR", "unet", str(folder), "ct-unet-w16")
+    widget.ui.modalityComboBox.currentText = "MR"  # the user's MR model joins the shipped one
+    widget.onVariantChanged()
+    assert [data for _, data in widget.ui.modelComboBox.items] == ["tiny-mr", "mr-unet-w16"]
+    assert widget._parameterNode.modelId == "tiny-mr"
+    widget.ui.modalityComboBox.currentText = "PET"
+    widget.ui.variantComboBox = FakeComboBox()  # no variant: no model, nothing to run
+    widget.onVariantChanged()
+    assert widget.ui.modelComboBox.count == 0 and widget._parameterNode.modelId == ""

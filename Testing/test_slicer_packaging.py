@@ -52,6 +52,7 @@ EXPECTED_CLASSES = {
     "inputVolumeSelector": "qMRMLNodeComboBox",
     "modalityComboBox": "QComboBox",
     "variantComboBox": "QComboBox",
+    "modelComboBox": "QComboBox",
     "deviceComboBox": "QComboBox",
     "strengthSliderWidget": "ctkSliderWidget",
     "batchSizeSpinBox": "QSpinBox",

@@ -183,6 +183,11 @@ class ModelRegistry:
         modality = normalize_modality(modality)
         return sorted({c.variant for c in self._cards if c.modality == modality})
 
+    def models_for(self, modality: str, variant: str) -> list[ModelCard]:
+        """The models of a modality and predictor variant, in registry order (find() gives the first)."""
+        modality = normalize_modality(modality)
+        return [c for c in self._cards if c.modality == modality and c.variant == variant]
+
     def get(self, model_id: str) -> ModelCard:
         for card in self._cards:
             if card.id == model_id:
