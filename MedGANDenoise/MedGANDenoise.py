@@ -242,7 +242,8 @@ class MedGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def updateModels(self) -> None:
         """Offer the models of the chosen modality and variant, the default (first) on top, each
-        with its description as tooltip; the parameter node's model is kept when it is listed."""
+        with its description as tooltip; the model the user picked (kept in the parameter node) is
+        selected again whenever it is listed, e.g. after a detour through another modality."""
         if not self._parameterNode:
             return
         modality, _ = self.logic.resolveModality(self.ui.inputVolumeSelector.currentNode(), self.ui.modalityComboBox.currentText)
@@ -255,10 +256,10 @@ class MedGANDenoiseWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._refill(self.ui.modelComboBox, labels, self._parameterNode.modelId)
         for index, card in enumerate(cards):
             self.ui.modelComboBox.setItemData(index, card.description, qt.Qt.ToolTipRole)
-        self.onModelChanged()
 
     def onModelChanged(self, index: int = 0) -> None:
-        if self._parameterNode:
+        """The user picked a model: remember it (a refill of the list does not emit this)."""
+        if self._parameterNode and self.ui.modelComboBox.count:
             self._parameterNode.modelId = self.currentModelId()
 
     def onModelsFolderChanged(self, path: str = "") -> None:
@@ -407,8 +408,9 @@ class MedGANDenoiseLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def findModel(modality: str, variant: str, modelsFolder: Optional[str] = None, modelId: Optional[str] = None):
-        """The card of modelId (which must be a model of `modality`), or else the first model of the
-        modality and variant; ValueError naming what exists when there is none."""
+        """The card of modelId (which must be a model of `modality`; its own variant wins over
+        `variant`), or else the first model of the modality and variant; ValueError naming what
+        exists when there is none."""
         registry = sceneTools.load_registry(modelsFolder)
         if not modelId:
             return registry.find(modality, variant)
@@ -488,7 +490,7 @@ class MedGANDenoiseLogic(ScriptedLoadableModuleLogic):
 
         Runs the MedGANDenoiseCLI module in a separate process (inProcess=True: the engine in
         Slicer's process) with the model modelId (e.g. "ct-unet-w16", the fast CT tier; default: the
-        first model of the modality and variant). progressCallback(percent, 100) follows the run; setting cancelEvent
+        first model of the modality and variant; a modelId brings its own variant). progressCallback(percent, 100) follows the run; setting cancelEvent
         (a threading.Event) stops it: DenoiseCancelled is raised and the scene is left as it
         was. Errors are ValueErrors with a message saying what to do.
         """

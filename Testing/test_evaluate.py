@@ -163,7 +163,7 @@ def test_real_pair_command_writes_the_noise_power_spectrum(tmp_path, tiny_model_
     assert "BM3D" not in table and report["window"] == "[-160, 240] HU"
 
 
-def test_strength_scales_the_models_removed_noise_and_names_the_row(tiny_model_dir):
+def test_strength_scales_the_models_removed_noise_and_names_the_row(tiny_model_dir, capsys):
     noisy, clean = noisy_stack(slices=2, size=48, hu=20.0)
     runs = {strength: evaluate.evaluate(noisy, clean, "CT", methods=("model",), models=["tiny-ct"], models_dirs=(str(tiny_model_dir),),
                                         device="cpu", branches=False, strength=strength, log=lambda *_: None)[1]
@@ -172,6 +172,7 @@ def test_strength_scales_the_models_removed_noise_and_names_the_row(tiny_model_d
     assert np.abs(noisy - full).max() > 1.0
     np.testing.assert_allclose(noisy - partial, 0.4 * (noisy - full), atol=1e-3)
     assert evaluate.main(["--clean", "x.nii.gz", "--strength", "1.5"]) == 2
+    assert "--strength must be between 0 and 1, got 1.5" in capsys.readouterr().err
 
 
 def test_command_reports_an_unknown_method_or_model(tmp_path, tiny_model_dir, capsys):

@@ -379,7 +379,7 @@ def test_the_model_list_follows_modality_and_variant_and_reaches_the_run(monkeyp
     assert [data for _, data in widget.ui.modelComboBox.items] == ["ct-unet-w32", "ct-unet-w16"]
     assert widget.ui.modelComboBox.items[0][0] == "ct-unet-w32 (default)"
     assert "width 32" in widget.ui.modelComboBox.tooltips[0]
-    assert widget._parameterNode.modelId == "ct-unet-w32"
+    assert widget.currentModelId() == "ct-unet-w32" and widget._parameterNode.modelId == ""  # nothing picked yet
     widget.ui.modelComboBox.setCurrentIndex(1)  # the user picks the fast tier
     widget.onModelChanged()
     assert widget._parameterNode.modelId == widget.currentModelId() == "ct-unet-w16"
@@ -392,8 +392,12 @@ def test_the_model_list_follows_modality_and_variant_and_reaches_the_run(monkeyp
     widget.ui.modalityComboBox.currentText = "MR"  # the user's MR model joins the shipped one
     widget.onVariantChanged()
     assert [data for _, data in widget.ui.modelComboBox.items] == ["tiny-mr", "mr-unet-w16"]
-    assert widget._parameterNode.modelId == "tiny-mr"
+    assert widget.currentModelId() == "tiny-mr" and widget._parameterNode.modelId == "ct-unet-w16"
+    widget.ui.modalityComboBox.currentText = "CT"  # back from the detour: the user's pick again
+    widget.onVariantChanged()
+    assert widget.currentModelId() == "ct-unet-w16"
     widget.ui.modalityComboBox.currentText = "PET"
     widget.ui.variantComboBox = FakeComboBox()  # no variant: no model, nothing to run
     widget.onVariantChanged()
-    assert widget.ui.modelComboBox.count == 0 and widget._parameterNode.modelId == ""
+    assert widget.ui.modelComboBox.count == 0 and widget.currentModelId() == ""
+    assert widget._parameterNode.modelId == "ct-unet-w16"

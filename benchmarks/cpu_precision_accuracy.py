@@ -33,7 +33,7 @@ def differences(model, volume: np.ndarray) -> tuple[float, float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["ct-unet-w32", "ct-unet-w16"])
     parser.add_argument("--scan", default="data/ct_body_chest_abdomen.nii.gz", help="a real CT (medgan-data --sources ct_body)")
     parser.add_argument("--slices", default="70:72", help="slices of --scan, as start:stop")

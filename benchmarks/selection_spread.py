@@ -3,7 +3,7 @@ folder, the best validation epoch (the one medgan-train exports) beside the last
 mean of the last three. Where the validation slices are also the slices a table reports, the
 difference is the most the selection can have added to that table's model row.
 
-    python benchmarks/selection_spread.py runs/ct_unet_w24 runs/xray_unet_w16 ...
+    python benchmarks/selection_spread.py runs/ct_unet_w32 runs/xray_valleeds ...
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ def spread(run: Path) -> dict[str, float] | None:
     psnr = [float(r["val_psnr"]) for r in rows]
     ssim = [float(r["val_ssim"]) for r in rows]
     best = max(range(len(psnr)), key=psnr.__getitem__)
-    return {"epochs": len(rows), "best_epoch": best + 1, "best_psnr": psnr[best], "best_ssim": ssim[best],
+    return {"epochs": len(rows), "best_epoch": int(rows[best]["epoch"]), "best_psnr": psnr[best], "best_ssim": ssim[best],
             "last_psnr": psnr[-1], "last_ssim": ssim[-1], "last3_psnr": sum(psnr[-3:]) / len(psnr[-3:])}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="training output folders (medgan-train --out)")
     args = parser.parse_args(argv)
-    print("| run | epochs | best epoch: PSNR / SSIM | last epoch: PSNR / SSIM | best - last (dB) | mean of last 3 (dB) |")
+    print("| run | epochs | best epoch: PSNR / SSIM | last epoch: PSNR / SSIM | best - last (dB) | best - mean of the last 3 (dB) |")
     print("|---|---|---|---|---|---|")
     for run in args.runs:
         s = spread(run)
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {run.name} | no log.csv | | | | |")
             continue
         print(f"| {run.name} | {s['epochs']} | {s['best_epoch']}: {s['best_psnr']:.2f} / {s['best_ssim']:.4f} | "
-              f"{s['last_psnr']:.2f} / {s['last_ssim']:.4f} | {s['best_psnr'] - s['last_psnr']:.2f} | {s['last3_psnr']:.2f} |")
+              f"{s['last_psnr']:.2f} / {s['last_ssim']:.4f} | {s['best_psnr'] - s['last_psnr']:.2f} | {s['best_psnr'] - s['last3_psnr']:.2f} |")
     return 0
 
 

@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=None, help="slices per batch (default: 8 on a GPU, 1 on the CPU)")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="auto: fp16 predictors on CUDA GPUs, bf16 coarse U-Net levels on CPUs with native bf16 "
-                             "(both within 0.5 HU of fp32), fp32 otherwise; fp32 for the exact reference")
+                             "(99.9th percentile in soft tissue within 0.5 HU of fp32), fp32 otherwise; fp32 for the exact reference")
     parser.add_argument("--axis", default="k", choices=sorted(AXES), help="image axis the slices are taken across (default k: the slice direction)")
     parser.add_argument("--strength", type=float, default=1.0, help="fraction of the estimated noise to remove, 0..1 (default: 1)")
     series = parser.add_mutually_exclusive_group()
