@@ -1,5 +1,5 @@
 """How far the CPU default precision (bf16 coarse U-Net levels) lands from float32, in HU, on the
-body-like phantom of the tests and on real body CT slices (a measurement, not a test).
+body-like phantom of benchmark_engine.py and on real body CT slices (a measurement, not a test).
 
     python benchmarks/cpu_precision_accuracy.py [--models ct-unet-w32 ct-unet-w16] [--slices 70:72]
 
@@ -10,18 +10,14 @@ soft-tissue window [-160, 240] HU, and the largest anywhere (bone and air includ
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
+from benchmark_engine import body_volume  # the speed benchmark's phantom, a sibling script
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "Testing"))
-
-from MedGANDenoiseLib.engine import denoise_volume  # noqa: E402
-from MedGANDenoiseLib.registry import ModelRegistry, load_model  # noqa: E402
-from medgan_training.datasets import load_volume  # noqa: E402
-from test_engine import body_slice  # noqa: E402
+from MedGANDenoiseLib.engine import denoise_volume
+from MedGANDenoiseLib.registry import ModelRegistry, load_model
+from medgan_training.datasets import load_volume
 
 
 def differences(model, volume: np.ndarray) -> tuple[float, float, float]:
@@ -39,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", default="70:72", help="slices of --scan, as start:stop")
     args = parser.parse_args(argv)
     start, stop = (int(v) for v in args.slices.split(":"))
-    images = {"phantom 4 x 512 x 512": np.stack([body_slice(512, seed=s) for s in range(4)]).astype(np.float32)}
+    images = {"phantom 4 x 512 x 512": body_volume(4, 512).astype(np.float32)}
     if Path(args.scan).is_file():
         images[f"{Path(args.scan).name} slices {args.slices}"] = load_volume(args.scan)[0][start:stop].astype(np.float32)
     print("| model | image | 99.9th percentile in the window (HU) | largest in the window | largest anywhere |")

@@ -198,9 +198,9 @@ class ModelRegistry:
     def find(self, modality: str, variant: str) -> ModelCard:
         """The first model for this modality and predictor variant."""
         modality = normalize_modality(modality)
-        for card in self._cards:
-            if card.modality == modality and card.variant == variant:
-                return card
+        cards = self.models_for(modality, variant)
+        if cards:
+            return cards[0]
         variants = self.variants_for(modality)
         if not variants:
             have = ", ".join(self.modalities()) or "none"
