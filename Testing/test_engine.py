@@ -293,6 +293,42 @@ def test_tiled_slices_match_the_whole_slice_away_from_the_borders(monkeypatch, v
     assert difference.max() < 0.5, f"largest tiled/whole difference {difference.max():.3f} HU"
 
 
+@pytest.mark.parametrize("length, tile, overlap, align", [(320, 192, 96, 1), (321, 192, 96, 2), (1537, 1024, 256, 16),
+                                                          (1000, 1024, 256, 2), (777, 100, 33, 3)])
+def test_tile_starts_cover_the_slice_on_the_generators_grid(length, tile, overlap, align):
+    starts = engine.tile_starts(length, tile, overlap, align)
+    assert starts[0] == 0 and all(start % align == 0 for start in starts)
+    if length <= tile:
+        assert starts == [0]
+        return
+    assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:])), "neighbours share the overlap"
+    assert starts[-1] + tile <= length < starts[-1] + tile + align, "the last tile runs to the end"
+
+
+def test_a_downscaled_dncnn_tiles_an_odd_sized_slice_as_it_runs_it_whole(monkeypatch):
+    """A network on the 2 x 2 pixel-unshuffled grid changes its output under a one-pixel shift, so
+    the tiles must start on even pixels; its receptive field is 31 px, inside the tile margin."""
+    from MedGANDenoiseLib.networks import build_generator
+    from MedGANDenoiseLib.registry import LoadedModel
+
+    torch.manual_seed(0)
+    generator = build_generator("dncnn", {"width": 8, "num_layers": 8, "downscale": 2}, residual_content=True).eval()
+    with torch.no_grad():
+        for module in generator.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_var.uniform_(0.5, 2.0)
+                module.running_mean.normal_(0, 0.1)
+    model = LoadedModel(card=ModelRegistry.default().find("CT", "dncnn"), generator=generator)
+    image = body_slice(256, seed=4)[:251, :247]
+    whole = denoise_volume(image, model, "CT", device="cpu", precision="fp32").denoised
+    monkeypatch.setattr(engine, "MAX_PIXELS_PER_PASS", 64 * 64)
+    monkeypatch.setattr(engine, "TILE_SIZE", 128)
+    monkeypatch.setattr(engine, "TILE_OVERLAP", 96)
+    tiled = denoise_volume(image, model, "CT", device="cpu", precision="fp32").denoised
+    assert np.abs(tiled - whole).max() < 1e-3, f"largest tiled/whole difference {np.abs(tiled - whole).max():.2e} HU"
+    assert np.abs(whole - image).mean() > 0.1, "the untrained network does change the image"
+
+
 def test_the_callers_generator_is_left_as_it_was(tiny_model):
     generator = tiny_model.generator.train()
     before = {k: v.clone() for k, v in generator.state_dict().items()}

@@ -15,6 +15,8 @@ from MedGANDenoiseLib.networks import (
 )
 
 SMALL = {"unet": {"base_width": 4}, "dncnn": {"width": 8, "num_layers": 5}, "srdensenet": {"growth_rate": 4, "num_blocks": 2}}
+DOWNSCALED = {"dncnn": {"width": 8, "num_layers": 5, "downscale": 2},
+              "srdensenet": {"growth_rate": 4, "num_blocks": 2, "downscale": 3}}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -115,3 +117,38 @@ def test_unknown_variant_or_mode_names_the_valid_ones():
         build_generator("resnet")
     with pytest.raises(ValueError, match="both, content, noise"):
         build_generator("unet", SMALL["unet"], mode="fused")
+
+
+@pytest.mark.parametrize("variant", sorted(DOWNSCALED))
+@pytest.mark.parametrize("size", [(37, 53), (1, 1), (18, 18)])
+def test_downscaled_predictors_take_any_size_and_return_the_input_grid(variant, size):
+    generator = build_generator(variant, DOWNSCALED[variant], residual_content=True).eval()
+    assert generator.size_multiple == DOWNSCALED[variant]["downscale"]
+    x = torch.randn(1, 1, *size)
+    for output in generator(x):
+        assert output.shape == x.shape
+
+
+def test_a_downscaled_dncnn_is_the_full_resolution_body_on_the_unshuffled_image():
+    """downscale=2 must be exactly: pixel-unshuffle, a DnCNN on 4 channels, pixel-shuffle; so each
+    output pixel depends on its own 2 x 2 cell's phase, and a receptive field twice as wide."""
+    torch.manual_seed(0)
+    predictor = build_predictor("dncnn", width=8, num_layers=4, downscale=2).eval()
+    body = build_predictor("dncnn", in_channels=4, out_channels=4, width=8, num_layers=4).eval()
+    body.load_state_dict({k: v for k, v in zip(body.state_dict(), predictor.state_dict().values())})
+    x = torch.randn(1, 1, 24, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(predictor(x), F.pixel_shuffle(body(F.pixel_unshuffle(x, 2)), 2))
+        probe = torch.zeros(1, 1, 64, 64)
+        probe[0, 0, 32, 32] = 1.0
+        reach = (predictor(probe) - predictor(torch.zeros_like(probe))).abs()[0, 0] > 0
+    rows = reach.any(dim=1).nonzero().flatten()
+    # 4 layers of 3x3 convs span 9 cells of the half-resolution grid, 18 pixels (9 at full resolution)
+    assert int(rows.max() - rows.min()) + 1 >= 16
+
+
+def test_downscale_must_be_positive():
+    with pytest.raises(ValueError, match="downscale"):
+        build_predictor("dncnn", downscale=0)
+    with pytest.raises(ValueError, match="downscale"):
+        build_predictor("srdensenet", downscale=0)

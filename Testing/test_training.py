@@ -241,6 +241,16 @@ def test_missing_data_is_a_usage_error(capsys):
     assert "--clean" in capsys.readouterr().err
 
 
+def test_downscale_reaches_the_card_and_is_refused_for_the_unet(capsys):
+    args = ["--clean", "scan.nii.gz", "--variant", "dncnn", "--width", "32", "--depth", "9", "--downscale", "2"]
+    assert training.parse_args(args).architecture()["predictor"] == {"width": 32, "num_layers": 9, "downscale": 2}
+    assert "downscale" not in training.parse_args(args[:-2]).architecture()["predictor"], "old cards stay as they were"
+    for bad in (["--variant", "unet", "--downscale", "2"], ["--variant", "dncnn", "--downscale", "0"]):
+        with pytest.raises(SystemExit):
+            training.parse_args(["--clean", "scan.nii.gz", *bad])
+        assert "--downscale" in capsys.readouterr().err
+
+
 def test_init_from_starts_from_an_exported_model_and_refuses_another_architecture(scan, tmp_path, capsys):
     first = tmp_path / "first"
     training.main(tiny_args(scan, tmp_path / "run1", "--epochs", "1", "--export", str(first), "--model-id", "tiny-start"))
@@ -331,6 +341,8 @@ def test_fusion_refit_is_the_best_convex_combination_on_training_patches(scan, t
     ("unet", {"base_width": 4, "depth": 2}),
     ("dncnn", {"width": 8, "num_layers": 5}),
     ("srdensenet", {"growth_rate": 4, "num_blocks": 2, "convs_per_block": 2, "bottleneck_width": 8}),
+    ("dncnn", {"width": 8, "num_layers": 5, "downscale": 2}),
+    ("srdensenet", {"growth_rate": 4, "num_blocks": 2, "convs_per_block": 2, "bottleneck_width": 8, "downscale": 2}),
 ])
 def test_each_predictor_variant_learns_in_a_few_steps(variant, predictor):
     torch.manual_seed(0)

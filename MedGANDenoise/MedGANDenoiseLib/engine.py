@@ -412,13 +412,16 @@ def _forward(generator, x, device, dtype):
     return y.float().cpu().contiguous()
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of size `tile` covering [0, length) with at least `overlap` shared."""
+def tile_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[int]:
+    """Start offsets of tiles of size `tile` covering [0, length) with at least `overlap` shared,
+    each a multiple of `align`; the last tile runs to the end, up to `align - 1` pixels longer.
+    Aligned starts keep every tile on the generator's own grid: a network on the pixel-unshuffled
+    image (or a U-Net's pooling) gives another result when the image is shifted by a pixel."""
     if length <= tile:
         return [0]
-    step = tile - overlap
-    starts = list(range(0, length - tile, step)) + [length - tile]
-    return starts
+    step = max(align, (tile - overlap) // align * align)
+    last = (length - tile) // align * align
+    return list(range(0, last, step)) + [last]
 
 
 def _forward_tiled(generator, x, device, dtype):
@@ -432,27 +435,28 @@ def _forward_tiled(generator, x, device, dtype):
     tile, overlap = TILE_SIZE, TILE_OVERLAP
     margin = overlap // 3
     height, width = x.shape[-2:]
-    ramp = torch.ones(tile)
     edge = ((torch.arange(overlap) - margin + 1) / (overlap - 2 * margin + 1)).clamp(0.0, 1.0)
-    ramp[:overlap], ramp[tile - overlap :] = edge, edge.flip(0)
+    align = getattr(generator, "size_multiple", 1)
+
+    def pieces(length: int) -> list[tuple[int, int, torch.Tensor]]:
+        starts = tile_starts(length, tile, overlap, align)
+        result = []
+        for i, start in enumerate(starts):
+            stop = length if i == len(starts) - 1 else start + tile
+            weights = torch.ones(stop - start)
+            if i > 0:
+                weights[:overlap] = edge
+            if i < len(starts) - 1:
+                weights[-overlap:] = edge.flip(0)
+            result.append((start, stop, weights))
+        return result
+
     output = torch.zeros_like(x)
     weight = torch.zeros((1, 1, height, width))
-    ys, xs = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
-    for top in ys:
-        for left in xs:
-            h, w = min(tile, height), min(tile, width)
-            piece = _forward(generator, x[..., top : top + h, left : left + w], device, dtype)
-            wy = torch.ones(h) if len(ys) == 1 else ramp[:h].clone()
-            wx = torch.ones(w) if len(xs) == 1 else ramp[:w].clone()
-            if top == 0:
-                wy[:overlap] = 1.0
-            if top + h == height:
-                wy[h - overlap :] = 1.0
-            if left == 0:
-                wx[:overlap] = 1.0
-            if left + w == width:
-                wx[w - overlap :] = 1.0
+    for top, bottom, wy in pieces(height):
+        for left, right, wx in pieces(width):
+            piece = _forward(generator, x[..., top:bottom, left:right], device, dtype)
             mask = (wy[:, None] * wx[None, :])[None, None]
-            output[..., top : top + h, left : left + w] += piece * mask
-            weight[..., top : top + h, left : left + w] += mask
+            output[..., top:bottom, left:right] += piece * mask
+            weight[..., top:bottom, left:right] += mask
     return output / weight

@@ -102,21 +102,33 @@ class DnCNNPredictor(nn.Sequential):
     """DnCNN body: conv+LeakyReLU, (num_layers - 2) x conv+BN+LeakyReLU, conv to 1 channel.
 
     No global residual: in the complementary generator the noise predictor plays that role.
+    downscale=s > 1 runs the body on the s x s pixel-unshuffled image (FFDNet's reversible
+    downsampling: s*s input channels at 1/s resolution, pixel-shuffled back): s times the receptive
+    field and s*s times fewer pixels per layer, so a wider body costs what a narrow one does at full
+    resolution. CT noise is spatially correlated, which a 25-pixel receptive field barely spans.
     """
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 1, width: int = 64, num_layers: int = 17):
+    def __init__(
+        self, in_channels: int = 1, out_channels: int = 1, width: int = 64, num_layers: int = 17, downscale: int = 1
+    ):
         if num_layers < 3:
             raise ValueError("DnCNN needs at least 3 layers")
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+        if downscale < 1:
+            raise ValueError("downscale must be 1 (full resolution) or more")
+        grid = downscale * downscale
+        layers: list[nn.Module] = [nn.PixelUnshuffle(downscale)] if downscale > 1 else []
+        layers += [nn.Conv2d(in_channels * grid, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True)]
         for _ in range(num_layers - 2):
             layers += [
                 nn.Conv2d(width, width, 3, padding=1, bias=False),
                 nn.BatchNorm2d(width),
                 nn.LeakyReLU(0.2, inplace=True),
             ]
-        layers.append(nn.Conv2d(width, out_channels, 3, padding=1))
+        layers.append(nn.Conv2d(width, out_channels * grid, 3, padding=1))
+        if downscale > 1:
+            layers.append(nn.PixelShuffle(downscale))
         super().__init__(*layers)
-        self.size_multiple = 1
+        self.size_multiple = downscale
 
 
 class DenseBlock(nn.Module):
@@ -142,7 +154,8 @@ class SRDenseNetPredictor(nn.Module):
     1x1 bottleneck, then a 3x3 reconstruction conv to 1 channel; no upsampling layers.
 
     It has no normalisation layers, so init_weights gives it He initialisation: with N(0, 0.02)
-    activations shrank about 10x per dense block."""
+    activations shrank about 10x per dense block. downscale=s > 1 runs it on the s x s
+    pixel-unshuffled image, as DnCNNPredictor does."""
 
     normalization_free = True
 
@@ -154,28 +167,34 @@ class SRDenseNetPredictor(nn.Module):
         convs_per_block: int = 4,
         growth_rate: int = 16,
         bottleneck_width: int = 128,
+        downscale: int = 1,
     ):
         super().__init__()
+        if downscale < 1:
+            raise ValueError("downscale must be 1 (full resolution) or more")
+        grid = downscale * downscale
         stem_width = growth_rate * convs_per_block
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, stem_width, 3, padding=1), nn.ReLU(inplace=True))
+        self.unshuffle = nn.PixelUnshuffle(downscale) if downscale > 1 else nn.Identity()
+        self.shuffle = nn.PixelShuffle(downscale) if downscale > 1 else nn.Identity()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels * grid, stem_width, 3, padding=1), nn.ReLU(inplace=True))
         self.blocks = nn.ModuleList()
         for _ in range(num_blocks):
             block = DenseBlock(stem_width, growth_rate, convs_per_block)
             self.blocks.append(nn.Sequential(block, nn.Conv2d(block.out_channels, stem_width, 1), nn.ReLU(inplace=True)))
         concat_width = stem_width * (num_blocks + 1)
         self.bottleneck = nn.Sequential(nn.Conv2d(concat_width, bottleneck_width, 1), nn.ReLU(inplace=True))
-        self.reconstruction = nn.Conv2d(bottleneck_width, out_channels, 3, padding=1)
-        self.size_multiple = 1
+        self.reconstruction = nn.Conv2d(bottleneck_width, out_channels * grid, 3, padding=1)
+        self.size_multiple = downscale
 
     @property
     def output_layer(self) -> nn.Conv2d:
         return self.reconstruction
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = [self.stem(x)]
+        features = [self.stem(self.unshuffle(x))]
         for block in self.blocks:
             features.append(block(features[-1]))
-        return self.reconstruction(self.bottleneck(torch.cat(features, dim=1)))
+        return self.shuffle(self.reconstruction(self.bottleneck(torch.cat(features, dim=1))))
 
 
 def build_predictor(variant: str, **kwargs: Any) -> nn.Module:

@@ -83,6 +83,9 @@ class TrainConfig:
     variant: str = option("unet", "Predictor variant: unet, dncnn or srdensenet.")
     width: int = option(16, "U-Net base width / DnCNN width / SRDenseNet growth rate.")
     depth: int = option(0, "U-Net pooling levels / DnCNN layers / SRDenseNet blocks; 0 keeps the variant's default.")
+    downscale: int = option(1, "DnCNN/SRDenseNet only: run the predictors on the N x N pixel-unshuffled image (FFDNet's "
+                            "layout; N times the receptive field at the cost of a full-resolution body N*N times narrower "
+                            "in pixels); 1 keeps full resolution.")
     mode: str = option("both", "Generator: both predictors (both), or one for the ablations (content, noise).")
     residual_content: bool = option(True, "Content predictor outputs a correction added to the input (c = x + Pc(x)).")
     refine: bool = option(False, "Add the refinement network after the fusion (second paper).")
@@ -122,9 +125,10 @@ class TrainConfig:
     def predictor_kwargs(self) -> dict[str, Any]:
         if self.variant == "unet":
             return {"base_width": self.width, **({"depth": self.depth} if self.depth else {})}
+        grid = {"downscale": self.downscale} if self.downscale != 1 else {}
         if self.variant == "dncnn":
-            return {"width": self.width, **({"num_layers": self.depth} if self.depth else {})}
-        return {"growth_rate": self.width, **({"num_blocks": self.depth} if self.depth else {})}
+            return {"width": self.width, **({"num_layers": self.depth} if self.depth else {}), **grid}
+        return {"growth_rate": self.width, **({"num_blocks": self.depth} if self.depth else {}), **grid}
 
     def architecture(self) -> dict[str, Any]:
         return {"variant": self.variant, "predictor": self.predictor_kwargs(), "mode": self.mode, "refine": self.refine,
@@ -149,6 +153,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         parser.error("give clean scans (--clean FILE ...) or paired folders (--low DIR --high DIR)")
     if cfg.gan_loss not in ("lsgan", "bce", "none"):
         parser.error("--gan-loss must be lsgan, bce or none")
+    if cfg.downscale < 1 or (cfg.downscale != 1 and cfg.variant == "unet"):
+        parser.error("--downscale takes 1 or more, and only for --variant dncnn or srdensenet (a U-Net already "
+                     "works at coarser grids)")
     if cfg.precision not in ("auto", "bf16", "fp32"):
         parser.error("--precision must be auto, bf16 or fp32")
     try:
