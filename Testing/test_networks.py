@@ -30,14 +30,26 @@ def test_any_size_gives_three_outputs_of_the_input_shape(variant, mode, size):
         assert output.shape == x.shape
 
 
-def test_refinement_stage_changes_the_output_and_keeps_the_shape():
-    torch.manual_seed(0)
-    plain = build_generator("dncnn", SMALL["dncnn"]).eval()
+def test_refinement_stage_starts_as_the_identity_and_then_refines_the_fused_output():
     torch.manual_seed(0)
     refined = build_generator("dncnn", SMALL["dncnn"], refine=True).eval()
     x = torch.randn(2, 1, 21, 18)
+    fused = refined.fusion(torch.cat([refined(x)[1], x - refined(x)[2]], dim=1))
     assert refined(x)[0].shape == x.shape
-    assert not torch.allclose(refined(x)[0], plain(x)[0])
+    torch.testing.assert_close(refined(x)[0], fused, msg="its output layer starts at zero: y + r(y) = y")
+    with torch.no_grad():
+        refined.refinement.output_layer.weight.normal_(0, 0.1)
+    assert not torch.allclose(refined(x)[0], fused)
+
+
+@pytest.mark.parametrize("downscale", [1, 2])
+def test_dncnn_predictors_start_at_zero_so_the_generator_starts_as_the_identity(downscale):
+    generator = build_generator("dncnn", {**SMALL["dncnn"], "downscale": downscale}, residual_content=True).eval()
+    x = torch.randn(1, 1, 20, 22)
+    denoised, content, noise = generator(x)
+    torch.testing.assert_close(denoised, x)
+    assert float(noise.detach().abs().max()) == 0.0
+    assert generator.noise_predictor.output_layer is [m for m in generator.noise_predictor if isinstance(m, torch.nn.Conv2d)][-1]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

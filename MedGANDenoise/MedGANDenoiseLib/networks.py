@@ -130,6 +130,10 @@ class DnCNNPredictor(nn.Sequential):
         super().__init__(*layers)
         self.size_multiple = downscale
 
+    @property
+    def output_layer(self) -> nn.Conv2d:
+        return next(m for m in reversed(self) if isinstance(m, nn.Conv2d))
+
 
 class DenseBlock(nn.Module):
     """`num_convs` 3x3 conv+ReLU layers, each seeing the concatenation of all earlier outputs."""
@@ -335,12 +339,16 @@ def init_weights(module: nn.Module, std: float = 0.02) -> None:
     Submodules marked `normalization_free` (SRDenseNet, the refinement net) get He initialisation
     instead, which keeps their activations at scale without BatchNorm, except their `output_layer`,
     which starts at zero so that their residual outputs start at zero (with He or even N(0, 0.02)
-    there, the branches started hundreds of HU off and training wandered). The fusion starts as the
+    there, the branches started hundreds of HU off and training wandered). DnCNN's output layer
+    starts at zero too: after 15 BatchNorm layers an N(0, 0.02) output conv of fan-in 576 gave
+    corrections of about a thousand HU, and its first epoch ended with the loss twice the
+    do-nothing level (the shipped DnCNN models of earlier stops were trained without this). The fusion starts as the
     plain average of its two inputs (weights 0.5, 0.5, bias 0) rather than near zero, so an
     untrained generator already returns a content estimate of the right scale.
     """
     free = [sub for sub in module.modules() if getattr(sub, "normalization_free", False)]
     outputs = {id(sub.output_layer) for sub in free}
+    outputs |= {id(sub.output_layer) for sub in module.modules() if isinstance(sub, DnCNNPredictor)}
     he_convs = {id(m) for sub in free for m in sub.modules()} - outputs
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
