@@ -391,3 +391,22 @@ def test_normalisation_free_srdensenet_keeps_its_activations_at_scale():
             features.append(block(features[-1]))
     ratio = float(features[-1].std() / features[1].std())
     assert 0.2 < ratio < 5, f"activations changed {ratio:.3g}x over the dense blocks (N(0, 0.02) init shrank them ~10x per block)"
+
+
+def test_batchnorm_recalibration_averages_the_statistics_of_many_batches_and_leaves_the_weights():
+    torch.manual_seed(0)
+    generator = training.build_generator("dncnn", {"width": 8, "num_layers": 4}, residual_content=True)
+    rng = np.random.default_rng(3)
+    data = [(torch.from_numpy(rng.normal(0.25, s, (1, 16, 16)).astype(np.float32)), None) for s in (0.01, 0.05) * 4]
+    weights = {k: v.clone() for k, v in generator.named_parameters()}
+    first_bn = next(m for m in generator.noise_predictor if isinstance(m, torch.nn.BatchNorm2d))
+    seen = []
+    hook = first_bn.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].mean(dim=(0, 2, 3))))
+    count = training.recalibrate_batchnorm(generator, data, torch.device("cpu"), batches=4, batch_size=2)
+    hook.remove()
+    assert count == 2 * 2, "two BatchNorm layers in each of the two predictors"
+    torch.testing.assert_close(first_bn.running_mean, torch.stack(seen).mean(dim=0))
+    assert first_bn.momentum == 0.1 and not generator.training
+    assert all(torch.equal(v, weights[k]) for k, v in generator.named_parameters())
+    assert training.recalibrate_batchnorm(training.build_generator("srdensenet", {"growth_rate": 4, "num_blocks": 1}),
+                                          data, torch.device("cpu"), batches=4, batch_size=2) == 0

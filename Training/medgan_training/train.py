@@ -105,6 +105,9 @@ class TrainConfig:
     lr_d: float = option(2e-4, "Discriminator learning rate.")
     fusion_lr_scale: float = option(10.0, "Learning-rate multiplier of the 2-weight fusion (Adam moves each weight about lr a step).")
     calibrate_fusion: bool = option(True, "Before export, refit the fusion weight by least squares on training patches in eval mode (bias 0).")
+    bn_recalibration_batches: int = option(200, "Before export, re-estimate every BatchNorm's running statistics as the plain "
+                                           "average over this many training batches (0: keep the running averages of "
+                                           "the last steps, which follow the last few batches' noise levels).")
     cosine_lr: bool = option(False, "Anneal both learning rates to zero over the epochs (cosine).")
     batch_size: int = option(16, "Patches per optimisation step on each process.")
     epochs: int = option(20, "Training epochs.")
@@ -501,6 +504,32 @@ def calibrate_fusion(generator: torch.nn.Module, train_set: PatchDataset, device
     return [a, 1.0 - a, 0.0]
 
 
+def recalibrate_batchnorm(generator: torch.nn.Module, train_set: PatchDataset, device: torch.device, batches: int,
+                          batch_size: int) -> int:
+    """Replace each BatchNorm's running mean and variance by their plain average over `batches`
+    training batches (no weight changes; "precise BatchNorm"). The running averages kept during
+    training weigh the last ten or so batches most, and with noise levels of 10-60 HU drawn per
+    patch they moved the eval-mode DnCNN's validation by up to 2 dB from one epoch to the next.
+    Returns the number of BatchNorm layers recalibrated."""
+    norms = [m for m in generator.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    if not norms or batches <= 0:
+        return 0
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    generator.train()
+    with torch.no_grad():
+        for b in range(batches):
+            indices = [(b * batch_size + k) % len(train_set) for k in range(batch_size)]
+            noisy = torch.stack([train_set[i][0] for i in indices]).to(device, memory_format=torch.channels_last)
+            generator(noisy)
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    generator.eval()
+    return len(norms)
+
+
 def round_to_storage_precision(generator: torch.nn.Module) -> torch.nn.Module:
     """Round the convolution weights to float16 (in place, kept as float32 tensors), as export
     stores them: half the file size. Small tensors, the fusion among them, keep float32: rounding
@@ -684,6 +713,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if best_generator is not None:  # export the epoch with the best validation PSNR
             final.load_state_dict(best_generator)
         round_to_storage_precision(final)
+        if cfg.bn_recalibration_batches and any(isinstance(m, torch.nn.BatchNorm2d) for m in final.modules()):
+            before, _ = validate(final, val_pairs, cfg, device)
+            train_set.set_epoch(cfg.epochs)  # patches of an epoch no step trained on
+            recalibrate_batchnorm(final, train_set, device, cfg.bn_recalibration_batches, cfg.batch_size)
+            best["batchnorm_recalibration"] = {"batches": cfg.bn_recalibration_batches, "batch_size": cfg.batch_size,
+                                               "validation_psnr_before": before["psnr"], "validation_bias_before": before["bias"]}
+            print(f"BatchNorm statistics re-estimated over {cfg.bn_recalibration_batches} training batches; validation "
+                  f"before: PSNR {before['psnr']:.2f}, bias {before['bias']:+.2f}", flush=True)
         if cfg.calibrate_fusion and final.fusion is not None:
             before, _ = validate(final, val_pairs, cfg, device)
             weights = calibrate_fusion(final, train_set, device)
