@@ -358,7 +358,7 @@ def test_each_predictor_variant_learns_in_a_few_steps(variant, predictor):
         return (y - clean).abs().mean() + (n - (noisy - clean)).abs().mean() + (c - clean).abs().mean()
 
     first = float(loss().detach())
-    for _ in range(60):
+    for _ in range(100):
         optimizer.zero_grad()
         value = loss()
         value.backward()
