@@ -307,7 +307,8 @@ def test_tile_starts_cover_the_slice_on_the_generators_grid(length, tile, overla
 
 def test_a_downscaled_dncnn_tiles_an_odd_sized_slice_as_it_runs_it_whole(monkeypatch):
     """A network on the 2 x 2 pixel-unshuffled grid changes its output under a one-pixel shift, so
-    the tiles must start on even pixels; its receptive field is 31 px, inside the tile margin."""
+    the tiles must start on even pixels; its receptive field, 8 convolutions on the half-resolution
+    grid, spans about 33 px, inside the tile margin."""
     from MedGANDenoiseLib.networks import build_generator
     from MedGANDenoiseLib.registry import LoadedModel
 

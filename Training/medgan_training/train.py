@@ -715,7 +715,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         round_to_storage_precision(final)
         if cfg.bn_recalibration_batches and any(isinstance(m, torch.nn.BatchNorm2d) for m in final.modules()):
             before, _ = validate(final, val_pairs, cfg, device)
-            train_set.set_epoch(cfg.epochs)  # patches of an epoch no step trained on
+            train_set.set_epoch(cfg.epochs)  # patches of an epoch no step trained on (the fusion fit below uses them too)
             recalibrate_batchnorm(final, train_set, device, cfg.bn_recalibration_batches, cfg.batch_size)
             best["batchnorm_recalibration"] = {"batches": cfg.bn_recalibration_batches, "batch_size": cfg.batch_size,
                                                "validation_psnr_before": before["psnr"], "validation_bias_before": before["bias"]}
