@@ -44,8 +44,8 @@ Removes noise from CT, MR and PET (and X-ray, ultrasound) volumes with a GAN gen
 complementary predictors: one predicts the clean content, one the noise, and a learned 1x1
 fusion joins them. Pick the input volume, the modality (Auto reads the DICOM modality or guesses
 from the intensities) and the predictor variant (U-Net, DnCNN or SRDenseNet; only variants with
-weights for the modality are offered) and, where there are several, the model (for the CT U-Net:
-ct-unet-w32, or the 3x faster ct-unet-w16), then click Denoise. Two volumes are created: the denoised
+weights for the modality are offered) and, where there are several (the shipped one and models of
+your own folder), the model, then click Denoise. Two volumes are created: the denoised
 volume and the estimated noise (input = denoised + noise). The input is never modified. The model
 runs in a separate process (the MedGANDenoiseCLI module): the application stays responsive and
 Cancel stops it at once. The Details section shows what ran.
@@ -56,7 +56,7 @@ denoised, noise = logic.process(volumeNode, modality="CT", variant="unet", devic
 </pre>
 Pass <code>cancelEvent=threading.Event()</code> and set it to cancel,
 <code>progressCallback=lambda percent, total: ...</code> to follow the run, and
-<code>modelId="ct-unet-w16"</code> to pick a model, <code>inProcess=True</code> to run the engine in Slicer's own process. See the README for batch
+<code>modelId="ct-dncnn-w48"</code> to pick a model, <code>inProcess=True</code> to run the engine in Slicer's own process. See the README for batch
 processing of many files.
 """
         self.parent.acknowledgementText = """
@@ -489,7 +489,7 @@ class MedGANDenoiseLogic(ScriptedLoadableModuleLogic):
         """Denoise inputVolume (blocking) and return (denoisedVolume, noiseVolume).
 
         Runs the MedGANDenoiseCLI module in a separate process (inProcess=True: the engine in
-        Slicer's process) with the model modelId (e.g. "ct-unet-w16", the fast CT tier; default: the
+        Slicer's process) with the model modelId (e.g. "ct-dncnn-w48"; default: the
         first model of the modality and variant; a modelId brings its own variant). progressCallback(percent, 100) follows the run; setting cancelEvent
         (a threading.Event) stops it: DenoiseCancelled is raised and the scene is left as it
         was. Errors are ValueErrors with a message saying what to do.

@@ -92,7 +92,7 @@ def test_precision_option_reaches_the_engine(tmp_path, models, capsys):
     source = write_scan(tmp_path / "scan.nii.gz", ct_volume())
     outputs = {}
     for precision in ("fp32", "bf16"):
-        code, _ = run([str(source), "-o", str(tmp_path / f"{precision}.nii.gz"), "--model", "ct-unet-w16", "--precision", precision],
+        code, _ = run([str(source), "-o", str(tmp_path / f"{precision}.nii.gz"), "--model", "ct-unet-w32", "--precision", precision],
                       models, capsys)
         assert code == 0
         outputs[precision] = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"{precision}.nii.gz")))

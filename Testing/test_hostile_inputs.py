@@ -240,7 +240,7 @@ def test_broken_user_registry_is_skipped_with_a_warning(tmp_path, models, conten
     listing_run = cli_process(["--list-models"], models, env={"MEDGAN_DENOISE_MODELS": str(user)})
     assert listing_run.returncode == 0 and "tiny-ct" in listing_run.stdout
     if (SHIPPED_MODELS_DIR / "registry.json").is_file():
-        assert "ct-unet-w16" in listing_run.stdout
+        assert "ct-unet-w32" in listing_run.stdout
 
 
 def copy_models(models: Path, folder: Path) -> Path:

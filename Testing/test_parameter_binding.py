@@ -309,7 +309,7 @@ def test_a_finished_run_is_taken_out_of_the_scene_after_the_cli_nodes_event(monk
     widget.ui = types.SimpleNamespace(progressBar=types.SimpleNamespace(setValue=lambda value: None, hide=lambda: None),
                                       statusLabel=types.SimpleNamespace(text=""), detailsTextEdit=text)
     widget.logic, widget._parameterNode, widget.updateButton = Logic(), None, lambda *args: None
-    widget._run = module.DenoiseRun(cliNode, None, None, None, False, "ct-unet-w16")
+    widget._run = module.DenoiseRun(cliNode, None, None, None, False, "ct-unet-w32")
     widget.addObserver(cliNode, vtk.vtkCommand.ModifiedEvent, widget.onCliNodeModified)
 
     cliNode.SetStatus(cliNode.Running)  # progress, still busy: nothing to finish
@@ -356,14 +356,15 @@ class FakeComboBox:
 
 
 def test_the_model_list_follows_modality_and_variant_and_reaches_the_run(monkeypatch, tmp_path):
-    """The panel lists every model of the chosen modality and variant, the default first: for the
-    shipped CT U-Nets the width-32 default and the width-16 fast tier; a model of the user's
-    folder joins the list; the choice is kept while it is listed and Logic.findModel runs it."""
+    """The panel lists every model of the chosen modality and variant, the default first: a CT
+    U-Net of the user's folder (which is read first) and the shipped ct-unet-w32; the choice is
+    kept while it is listed, survives a detour through another modality, and Logic.findModel runs it."""
     import types
 
     from conftest import write_tiny_model
 
     folder = write_tiny_model(tmp_path / "models", "tiny-mr", "MR")
+    write_tiny_model(folder, "my-ct", "CT")
     qt = types.ModuleType("qt")
     qt.Qt = types.SimpleNamespace(ToolTipRole=3)
     module = import_module_with_stubs(monkeypatch, qt)
@@ -376,28 +377,28 @@ def test_the_model_list_follows_modality_and_variant_and_reaches_the_run(monkeyp
         variantComboBox=FakeComboBox(["unet"]), modelComboBox=FakeComboBox(),
         modelsFolderPathLineEdit=types.SimpleNamespace(currentPath=str(folder)))
     widget.onVariantChanged()
-    assert [data for _, data in widget.ui.modelComboBox.items] == ["ct-unet-w32", "ct-unet-w16"]
-    assert widget.ui.modelComboBox.items[0][0] == "ct-unet-w32 (default)"
-    assert "width 32" in widget.ui.modelComboBox.tooltips[0]
-    assert widget.currentModelId() == "ct-unet-w32" and widget._parameterNode.modelId == ""  # nothing picked yet
-    widget.ui.modelComboBox.setCurrentIndex(1)  # the user picks the fast tier
+    assert [data for _, data in widget.ui.modelComboBox.items] == ["my-ct", "ct-unet-w32"]
+    assert widget.ui.modelComboBox.items[0][0] == "my-ct (default)"
+    assert "width 32" in widget.ui.modelComboBox.tooltips[1]
+    assert widget.currentModelId() == "my-ct" and widget._parameterNode.modelId == ""  # nothing picked yet
+    widget.ui.modelComboBox.setCurrentIndex(1)  # the user picks the shipped model
     widget.onModelChanged()
-    assert widget._parameterNode.modelId == widget.currentModelId() == "ct-unet-w16"
+    assert widget._parameterNode.modelId == widget.currentModelId() == "ct-unet-w32"
     widget.onVariantChanged()  # e.g. the input volume changed: the choice stays
-    assert widget.currentModelId() == "ct-unet-w16"
+    assert widget.currentModelId() == "ct-unet-w32"
     card = widget.logic.findModel("CT", "unet", str(folder), widget.currentModelId())
-    assert (card.id, card.architecture["predictor"]["base_width"]) == ("ct-unet-w16", 16)
+    assert (card.id, card.architecture["predictor"]["base_width"]) == ("ct-unet-w32", 32)
     with pytest.raises(ValueError, match="is a CT model, but the volume is MR"):
-        widget.logic.findModel("MR", "unet", str(folder), "ct-unet-w16")
+        widget.logic.findModel("MR", "unet", str(folder), "ct-unet-w32")
     widget.ui.modalityComboBox.currentText = "MR"  # the user's MR model joins the shipped one
     widget.onVariantChanged()
     assert [data for _, data in widget.ui.modelComboBox.items] == ["tiny-mr", "mr-unet-w16"]
-    assert widget.currentModelId() == "tiny-mr" and widget._parameterNode.modelId == "ct-unet-w16"
+    assert widget.currentModelId() == "tiny-mr" and widget._parameterNode.modelId == "ct-unet-w32"
     widget.ui.modalityComboBox.currentText = "CT"  # back from the detour: the user's pick again
     widget.onVariantChanged()
-    assert widget.currentModelId() == "ct-unet-w16"
+    assert widget.currentModelId() == "ct-unet-w32"
     widget.ui.modalityComboBox.currentText = "PET"
     widget.ui.variantComboBox = FakeComboBox()  # no variant: no model, nothing to run
     widget.onVariantChanged()
     assert widget.ui.modelComboBox.count == 0 and widget.currentModelId() == ""
-    assert widget._parameterNode.modelId == "ct-unet-w16"
+    assert widget._parameterNode.modelId == "ct-unet-w32"

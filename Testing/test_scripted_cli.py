@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CLI_DIR = ROOT / "MedGANDenoise" / "MedGANDenoiseCLI"
 SCRIPT = CLI_DIR / "MedGANDenoiseCLI.py"
 XML = CLI_DIR / "MedGANDenoiseCLI.xml"
-MODEL_ID = "ct-unet-w16"
+MODEL_ID = "ct-dncnn-w48"
 SPACING, ORIGIN = (0.7, 0.8, 2.5), (-120.0, 35.5, 12.0)
 DIRECTION = (0.866, -0.5, 0.0, 0.5, 0.866, 0.0, 0.0, 0.0, 1.0)
 # The element names ModuleDescriptionParser handles (SlicerExecutionModel,

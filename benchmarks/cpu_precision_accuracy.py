@@ -1,7 +1,7 @@
 """How far the CPU default precision (bf16 coarse U-Net levels) lands from float32, in HU, on the
 body-like phantom of benchmark_engine.py and on real body CT slices (a measurement, not a test).
 
-    python benchmarks/cpu_precision_accuracy.py [--models ct-unet-w32 ct-unet-w16] [--slices 70:72]
+    python benchmarks/cpu_precision_accuracy.py [--models ct-unet-w32] [--slices 70:72]
 
 Prints, per model and image: the 99.9th percentile and the largest difference inside the
 soft-tissue window [-160, 240] HU, and the largest anywhere (bone and air included).
@@ -30,7 +30,7 @@ def differences(model, volume: np.ndarray) -> tuple[float, float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["ct-unet-w32", "ct-unet-w16"])
+    parser.add_argument("--models", nargs="+", default=["ct-unet-w32"])
     parser.add_argument("--scan", default="data/ct_body_chest_abdomen.nii.gz", help="a real CT (medgan-data --sources ct_body)")
     parser.add_argument("--slices", default="70:72", help="slices of --scan, as start:stop")
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """Why the CT models fall short on real quarter-dose noise (a measurement, not a test).
 
-    python benchmarks/ct_real_noise_diagnosis.py [--pair ../shared/data/real_ldct_pair] [--model ct-unet-w16]
+    python benchmarks/ct_real_noise_diagnosis.py [--pair ../shared/data/real_ldct_pair] [--model ct-unet-w32]
 
 On the shared real pair's full-dose slice, the model's PSNR gain for: the real quarter-dose noise;
 that noise phase-randomised inside the body (its exact power spectrum, made stationary); the
@@ -25,7 +25,7 @@ from medgan_training.metrics import slice_metrics, window_for
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pair", type=Path, default=Path("../shared/data/real_ldct_pair"))
-    parser.add_argument("--model", default="ct-unet-w16")
+    parser.add_argument("--model", default="ct-unet-w32")
     args = parser.parse_args()
 
     quarter, full = (stack[0] for stack in load_real_ldct_pair(args.pair))
