@@ -87,6 +87,32 @@ def test_run_writes_log_pictures_checkpoint_and_exported_model_reproduces_metric
     assert weights["fusion.weight"].dtype == torch.float32, "the fusion keeps float32"
 
 
+@pytest.mark.parametrize("metric", ["psnr", "ssim"])
+def test_the_exported_epoch_is_the_best_one_on_the_chosen_validation_metric(scan, tmp_path, metric):
+    export = tmp_path / "models"
+    training.main(tiny_args(scan, tmp_path / "run", "--epochs", "4", "--lr", "3e-3", "--gan-loss", "none", "--select-on",
+                            metric, "--export", str(export), "--model-id", "tiny-ct", "--no-calibrate-fusion",
+                            "--bn-recalibration-batches", "0"))
+    rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
+    scores = [float(r[f"val_{metric}"]) for r in rows]
+    card = ModelRegistry.from_folders([export]).get("tiny-ct")
+    assert card.metrics["epoch"] == 1 + scores.index(max(scores))
+    assert card.metrics["validation"][metric] == pytest.approx(max(scores), abs=1e-6)
+
+
+def test_selection_follows_the_chosen_metric_where_psnr_and_ssim_disagree():
+    best = {"validation": {"psnr": 30.0, "ssim": 0.90}}
+    sharper = {"psnr": 29.8, "ssim": 0.92}  # lower PSNR, higher SSIM
+    assert training.improves_on(sharper, best, "ssim") and not training.improves_on(sharper, best, "psnr")
+    assert training.improves_on(sharper, {}, "psnr"), "the first epoch always counts"
+
+
+def test_an_unknown_selection_metric_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit):
+        training.parse_args(["--clean", "x.nii.gz", "--select-on", "loss"])
+    assert "--select-on must be psnr or ssim" in capsys.readouterr().err
+
+
 def write_mr_phantom(path: Path, slices: int = 24, size: int = 48) -> Path:
     """An MR-like scan in arbitrary units: dark background around a head of two tissues, the same
     anatomy on every slice so that a slab and the whole volume share their intensity statistics."""

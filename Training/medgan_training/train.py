@@ -122,6 +122,8 @@ class TrainConfig:
                             "your own scans (use a low --lr, e.g. 3e-5). Its architecture must be the one given by "
                             "--variant/--width/--depth.")
     export: str = option("", "Folder to export the best epoch's weights (fp16) and model card to.")
+    select_on: str = option("psnr", "Validation metric that picks the exported epoch: psnr, or ssim where texture "
+                                    "matters more than mean error (ultrasound speckle, say).")
     model_id: str = option("", "Id of the exported model (default: <modality>-<variant>-<mode>-w<width>).")
     description: str = option("", "One-line description written into the model card.")
 
@@ -161,6 +163,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                      "works at coarser grids)")
     if cfg.precision not in ("auto", "bf16", "fp32"):
         parser.error("--precision must be auto, bf16 or fp32")
+    if cfg.select_on not in ("psnr", "ssim"):
+        parser.error(f"--select-on must be psnr or ssim, got {cfg.select_on!r}")
     try:
         zooms = parse_zoom(cfg.zoom)
     except ValueError as error:
@@ -423,6 +427,11 @@ def save_loss_curve(log_path: Path, png_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- checkpoints, export
+def improves_on(metrics: dict[str, Any], best: dict[str, Any], metric: str = "psnr") -> bool:
+    """Whether an epoch's validation `metrics` beat the best epoch so far on `metric` (--select-on)."""
+    return not best or metrics[metric] > best["validation"][metric]
+
+
 def save_checkpoint(path: Path, epoch: int, generator, discriminator, opt_g, opt_d, cfg: TrainConfig, best: dict,
                     best_generator: dict | None) -> None:
     state = {
@@ -696,7 +705,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             shown = len(val_pairs) // 2
             save_panel(out / f"panel_epoch{epoch + 1:03d}.png", val_pairs[shown][0], outputs[shown][0], outputs[shown][1],
                        val_pairs[shown][1], cfg, f"epoch {epoch + 1}: {format_summary(metrics, window, unit)}")
-            if not best or metrics["psnr"] > best["validation"]["psnr"]:
+            if improves_on(metrics, best, cfg.select_on):
                 best, best_generator = record_best(metrics, epoch + 1)
             save_checkpoint(checkpoint_path, epoch, generator, discriminator, opt_g, opt_d, cfg, best, best_generator)
             print(f"epoch {epoch + 1}: {format_summary(metrics, window, unit)} | content {metrics['content_psnr']:.2f} dB "
@@ -710,7 +719,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         print(f"rank {rank}: generator parameter checksum {result['checksum']:.12e}", flush=True)
     if is_main and cfg.export:
         final = unwrap(generator)
-        if best_generator is not None:  # export the epoch with the best validation PSNR
+        if best_generator is not None:  # export the epoch with the best validation PSNR (or SSIM)
             final.load_state_dict(best_generator)
         round_to_storage_precision(final)
         if cfg.bn_recalibration_batches and any(isinstance(m, torch.nn.BatchNorm2d) for m in final.modules()):
