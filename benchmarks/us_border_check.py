@@ -3,45 +3,43 @@ as it is and reflect-padded by 16-64 pixels (cropped back), and compare PSNR/SSI
 
     python benchmarks/us_border_check.py [MODEL_ID [MODELS_DIR]]
 
-Speckle as in the README's ultrasound table (strength 0.5 and 1, 60 dB), one draw (seed 1234);
-tiles: the 160 x 160 grid of the image, tiles without content (std < 1) left out.
+The speckle draw, window, metrics and 160 x 160 tiles of the README's ultrasound table
+(`medgan-evaluate ... --tile 160`, seed 1234), except that the whole image is denoised at once and
+the tiles are cut from the result.
 """
 
 import sys
 
 import numpy as np
-import SimpleITK as sitk
-from skimage.metrics import peak_signal_noise_ratio as psnr
-from skimage.metrics import structural_similarity as ssim
 
 from MedGANDenoiseLib.engine import denoise_volume
 from MedGANDenoiseLib.registry import ModelRegistry, load_model
-from medgan_training.degradations import make_degradation
+from medgan_training.evaluate import cut_into_tiles, simulated_stack
+from medgan_training.metrics import slice_metrics, summarize, window_for
+
+IMAGE, TILE, SEED = "data/us_logiq_lymph_node.nii.gz", 160, 1234
 
 
-def scores(clean: np.ndarray, output: np.ndarray, tile: int = 160) -> tuple[float, float, float, float]:
-    """Whole-image PSNR/SSIM and the mean over content tiles, window [0, 255]."""
-    tiles = [(clean[i:i + tile, j:j + tile], output[i:i + tile, j:j + tile])
-             for i in range(0, clean.shape[0] - tile + 1, tile) for j in range(0, clean.shape[1] - tile + 1, tile)]
-    tiles = [(c, o) for c, o in tiles if c.std() >= 1]
-    return (psnr(clean, output, data_range=255), ssim(clean, output, data_range=255),
-            float(np.mean([psnr(c, o, data_range=255) for c, o in tiles])),
-            float(np.mean([ssim(c, o, data_range=255) for c, o in tiles])))
+def scores(clean: np.ndarray, output: np.ndarray) -> str:
+    """Whole-image PSNR/SSIM and the mean over content tiles, in the evaluation's US window."""
+    window = window_for("US", clean)
+    whole = slice_metrics(output[0], clean[0], window)
+    clean_tiles, output_tiles = cut_into_tiles(TILE, clean, output, source=IMAGE)
+    tiles = summarize([slice_metrics(o, c, window) for o, c in zip(output_tiles, clean_tiles)])
+    return f"whole {whole['psnr']:.2f} / {whole['ssim']:.3f}  tiles({len(clean_tiles)}) {tiles['psnr']:.2f} / {tiles['ssim']:.3f}"
 
 
 def main() -> None:
     model_id = sys.argv[1] if len(sys.argv) > 1 else "us-unet-w16"
-    registry = ModelRegistry.default(sys.argv[2:3])
-    model = load_model(registry.get(model_id))
-    clean = sitk.GetArrayFromImage(sitk.ReadImage("data/us_logiq_lymph_node.nii.gz")).astype(np.float32)[0]
+    model = load_model(ModelRegistry.default(sys.argv[2:3]).get(model_id))
     for strength in (0.5, 1.0):
-        noisy = make_degradation(f"us_speckle:strength={strength},db=60")(clean, np.random.default_rng(1234))
-        print(f"strength {strength}: noisy input  whole %.2f / %.3f  tiles %.2f / %.3f" % scores(clean, np.clip(noisy, 0, 255)))
+        noisy, clean = simulated_stack(IMAGE, f"us_speckle:strength={strength},db=60", ":", SEED)
+        print(f"strength {strength}: noisy input  {scores(clean, noisy)}")
+        height, width = clean.shape[1:]
         for pad in (0, 16, 32, 64):
-            padded = np.pad(noisy, pad, mode="reflect") if pad else noisy
-            out = denoise_volume(padded[None], model, "US", precision="fp32").denoised[0]
-            out = np.clip(out[pad:pad + clean.shape[0], pad:pad + clean.shape[1]], 0, 255)
-            print(f"strength {strength}: pad {pad:2d} px  whole %.2f / %.3f  tiles %.2f / %.3f" % scores(clean, out), flush=True)
+            padded = np.pad(noisy, ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
+            out = denoise_volume(padded, model, "US", precision="fp32").denoised[:, pad:pad + height, pad:pad + width]
+            print(f"strength {strength}: pad {pad:2d} px  {scores(clean, out)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -268,18 +268,25 @@ def simulated_stack(clean_path: str, degradation: str, slices: str, seed: int, a
     in_plane = [s for i, s in enumerate(reversed(spacing)) if i != axis]
     noisy = np.stack([degrade(s, rng, pixel_size_mm=float(in_plane[0])) for s in clean]).astype(np.float32)
     if tile:
-        height, width = clean.shape[1:]
-        if tile > min(height, width):
-            raise ValueError(f"--tile {tile} is larger than the {height} x {width} slices")
-        corners = [(r, c) for r in range(0, height - tile + 1, tile) for c in range(0, width - tile + 1, tile)]
-        cut = lambda stack: np.stack([s[r : r + tile, c : c + tile] for s in stack for r, c in corners])
-        low, high = np.percentile(clean, [0.5, 99.5])
-        noisy, clean = cut(noisy), cut(clean)
-        content = clean.reshape(len(clean), -1).std(axis=1) > 0.01 * (high - low)
-        if not content.any():
-            raise ValueError(f"no {tile} x {tile} tile of {clean_path} holds image content")
-        noisy, clean = noisy[content], clean[content]
+        clean, noisy = cut_into_tiles(tile, clean, noisy, source=clean_path)
     return noisy, clean
+
+
+def cut_into_tiles(tile: int, clean: np.ndarray, *stacks: np.ndarray, source: str = "the image") -> tuple[np.ndarray, ...]:
+    """`clean` and each stack of the same shape cut into the same non-overlapping tile x tile squares,
+    keeping the tiles whose clean standard deviation is at least 1 % of the clean 0.5-99.5 percentile
+    range (see simulated_stack). Returns (clean tiles, *stack tiles)."""
+    height, width = clean.shape[1:]
+    if tile > min(height, width):
+        raise ValueError(f"--tile {tile} is larger than the {height} x {width} slices")
+    corners = [(r, c) for r in range(0, height - tile + 1, tile) for c in range(0, width - tile + 1, tile)]
+    cut = lambda stack: np.stack([s[r : r + tile, c : c + tile] for s in stack for r, c in corners])
+    low, high = np.percentile(clean, [0.5, 99.5])
+    clean_tiles = cut(clean)
+    content = clean_tiles.reshape(len(clean_tiles), -1).std(axis=1) > 0.01 * (high - low)
+    if not content.any():
+        raise ValueError(f"no {tile} x {tile} tile of {source} holds image content")
+    return (clean_tiles[content], *(cut(stack)[content] for stack in stacks))
 
 
 def main(argv: list[str] | None = None) -> int:
