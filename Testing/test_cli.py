@@ -88,6 +88,37 @@ def test_axis_option_and_strength(tmp_path, models, capsys):
     np.testing.assert_allclose(half, 0.5 * full, atol=1e-3)
 
 
+def test_ensemble_option_reaches_the_engine_and_the_summary(tmp_path, models, capsys):
+    from MedGANDenoiseLib.engine import denoise_volume
+    from MedGANDenoiseLib.registry import ModelRegistry, load_model
+
+    import torch
+
+    torch.manual_seed(0)
+    architecture = {"variant": "unet", "predictor": {"base_width": 4, "depth": 2}}
+    generator = build_generator(**architecture)
+    with torch.no_grad():  # jittered, so that a mirrored slice gives another output (the untrained net is near the identity)
+        for parameter in generator.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    jittered = tmp_path / "jittered"
+    write_model(generator, jittered, model_id="jittered-ct", modality="CT", variant="unet", architecture=architecture,
+                normalization={"kind": "fixed", "offset": -1024.0, "scale": 4096.0})
+    volume = ct_volume()
+    source = write_scan(tmp_path / "scan.nii.gz", volume)
+    code = cli.main([str(source), "-o", str(tmp_path / "e4.nii.gz"), "--modality", "CT", "--ensemble", "4", "--models-dir", str(jittered),
+                     "--model", "jittered-ct", "--precision", "fp32"])
+    assert code == 0
+    assert "self-ensemble x4" in capsys.readouterr().out
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "e4.nii.gz")))
+    model = load_model(ModelRegistry.from_folders([jittered]).get("jittered-ct"))
+    expected = {n: denoise_volume(volume, model, "CT", device="cpu", precision="fp32", ensemble=n).denoised for n in (1, 4)}
+    np.testing.assert_allclose(written, expected[4], atol=1e-3)
+    assert np.abs(expected[4] - expected[1]).max() > 1e-2, "the ensemble is another computation than one pass"
+    with pytest.raises(SystemExit) as exit_info:
+        run([str(source), "-o", str(tmp_path / "x.nii.gz"), "--ensemble", "3"], models, capsys)
+    assert exit_info.value.code == 2 and not (tmp_path / "x.nii.gz").exists()
+
+
 def test_precision_option_reaches_the_engine(tmp_path, models, capsys):
     source = write_scan(tmp_path / "scan.nii.gz", ct_volume())
     outputs = {}

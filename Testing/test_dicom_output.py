@@ -30,6 +30,14 @@ def datasets(folder: Path) -> list[pydicom.Dataset]:
     return sorted((pydicom.dcmread(f) for f in folder.iterdir()), key=lambda d: float(d.ImagePositionPatient[2]))
 
 
+def test_the_derivation_names_the_self_ensemble(tmp_path, models, capsys):
+    series = source_series(tmp_path / "series")
+    code, err = run([str(series), "-o", str(tmp_path / "den"), "--output-format", "dicom", "--modality", "CT", "--ensemble", "8"],
+                    models, capsys)
+    assert code == 0, err
+    assert all("strength 1, self-ensemble x8" in d.DerivationDescription for d in datasets(tmp_path / "den"))
+
+
 def test_derived_series_round_trips_with_uids_geometry_and_references(tmp_path, models, capsys):
     series = source_series(tmp_path / "series")
     before = {f.name: digest(f) for f in series.iterdir()}
@@ -52,6 +60,7 @@ def test_derived_series_round_trips_with_uids_geometry_and_references(tmp_path, 
             assert d.StudyInstanceUID == STUDY and d.FrameOfReferenceUID == FRAME
             assert list(d.ImageType)[:2] == ["DERIVED", "SECONDARY"]
             assert kind.split()[0] in d.SeriesDescription.lower() and "MedGANDenoise" in d.DerivationDescription
+            assert "self-ensemble" not in d.DerivationDescription
             assert d.SourceImageSequence[0].ReferencedSOPInstanceUID == s.SOPInstanceUID
             np.testing.assert_allclose([float(v) for v in d.ImagePositionPatient], [float(v) for v in s.ImagePositionPatient], atol=1e-5)
             np.testing.assert_allclose([float(v) for v in d.ImageOrientationPatient], [float(v) for v in s.ImageOrientationPatient], atol=1e-6)

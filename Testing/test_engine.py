@@ -3,6 +3,8 @@ and tiling with the shipped CT model."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -111,6 +113,59 @@ def test_bad_arguments_are_refused(tiny_model):
         denoise_volume(volume, tiny_model, "CT", batch_size=0)
     with pytest.raises(ValueError, match="axis"):
         denoise_volume(volume, tiny_model, "CT", axis=3)
+    with pytest.raises(ValueError, match="ensemble must be one of 1, 2, 4, 8"):
+        denoise_volume(volume, tiny_model, "CT", ensemble=3)
+
+
+def _largest_change_under(transform, inverse, model, image, ensemble):
+    """How far denoising the transformed image, transformed back, is from denoising the image (HU)."""
+    plain = denoise_volume(image, model, "CT", device="cpu", precision="fp32", ensemble=ensemble).denoised
+    moved = denoise_volume(np.ascontiguousarray(transform(image)), model, "CT", device="cpu", precision="fp32",
+                           ensemble=ensemble).denoised
+    return float(np.abs(inverse(moved) - plain).max())
+
+
+def perturbed(model):
+    """The model with every weight jittered, so that its output differs from its input (the untrained
+    generator starts as the identity) and from its output on a mirrored input."""
+    from MedGANDenoiseLib.registry import LoadedModel
+
+    generator = copy.deepcopy(model.generator)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in generator.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return LoadedModel(card=model.card, generator=generator)
+
+
+def test_the_self_ensemble_follows_the_slice_when_it_is_mirrored_or_rotated(tiny_model):
+    """The mean over a group of flips/rotations is equivariant under that group, whatever the
+    network: 4 mirrorings follow a mirrored slice, 8 also a rotated one. A single pass of the
+    network does not, so the check can fail."""
+    tiny_model = perturbed(tiny_model)
+    image = ct_volume((20, 28), dtype=np.float32, seed=5)
+    mirror = (np.fliplr, np.fliplr)
+    upside_down = (np.flipud, np.flipud)
+    turn = (np.rot90, lambda a: np.rot90(a, -1))
+    for transform, inverse in (mirror, upside_down, turn):
+        assert _largest_change_under(transform, inverse, tiny_model, image, 1) > 0.1
+    for transform, inverse in (mirror, upside_down):
+        assert _largest_change_under(transform, inverse, tiny_model, image, 4) < 1e-3
+    assert _largest_change_under(*turn, tiny_model, image, 4) > 0.1
+    for transform, inverse in (mirror, upside_down, turn):
+        assert _largest_change_under(transform, inverse, tiny_model, image, 8) < 1e-3
+
+
+def test_the_self_ensemble_averages_and_keeps_the_runs_contract(tiny_model):
+    tiny_model = perturbed(tiny_model)
+    volume = ct_volume((5, 18, 22))
+    single = denoise_volume(volume, tiny_model, "CT", device="cpu", precision="fp32")
+    result = denoise_volume(volume, tiny_model, "CT", device="cpu", precision="fp32", ensemble=2, batch_size=2,
+                            strength=0.5)
+    assert result.ensemble == 2 and single.ensemble == 1
+    np.testing.assert_allclose(result.denoised + result.noise, volume.astype(np.float32), atol=1e-3)
+    mirrored = denoise_volume(np.ascontiguousarray(volume[..., ::-1]), tiny_model, "CT", device="cpu", precision="fp32")
+    np.testing.assert_allclose(result.noise, 0.5 * 0.5 * (single.noise + mirrored.noise[..., ::-1]), atol=1e-3)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
@@ -330,6 +385,12 @@ def test_a_downscaled_dncnn_tiles_an_odd_sized_slice_as_it_runs_it_whole(monkeyp
     tiled = denoise_volume(image, model, "CT", device="cpu", precision="fp32").denoised
     assert np.abs(tiled - whole).max() < 1e-3, f"largest tiled/whole difference {np.abs(tiled - whole).max():.2e} HU"
     assert np.abs(whole - image).mean() > 0.1, "the perturbed network does change the image"
+    # the self-ensemble tiles each flipped or rotated slice on the grid of that slice, as one pass does
+    monkeypatch.setattr(engine, "MAX_PIXELS_PER_PASS", 1 << 30)
+    whole = denoise_volume(image, model, "CT", device="cpu", precision="fp32", ensemble=8).denoised
+    monkeypatch.setattr(engine, "MAX_PIXELS_PER_PASS", 64 * 64)
+    tiled = denoise_volume(image, model, "CT", device="cpu", precision="fp32", ensemble=8).denoised
+    assert np.abs(tiled - whole).max() < 1e-3, f"largest tiled/whole difference {np.abs(tiled - whole).max():.2e} HU (ensemble)"
 
 
 def test_the_callers_generator_is_left_as_it_was(tiny_model):

@@ -138,7 +138,7 @@ def test_every_bound_name_exists_on_both_sides_and_runtime_lists_stay_unbound():
     names = {widget for widget, _ in bound.values()}
     assert not {"variantComboBox", "modelComboBox", "deviceComboBox"} & names
     assert {"variantComboBox", "modelComboBox", "deviceComboBox"} <= widgets_filled_by_code(tree)
-    for parameter in ("modality", "sliceAxis"):
+    for parameter in ("modality", "sliceAxis", "ensemble"):
         kind, validators, _ = fields[parameter]
         assert kind == "str" and "Choice" in validators
 
@@ -148,14 +148,17 @@ def test_choice_defaults_are_among_the_choices():
     import sys
 
     sys.path.insert(0, str(ROOT / "MedGANDenoise"))
-    from MedGANDenoiseLib.cli_protocol import MODALITY_CHOICES, SLICE_AXES
+    from MedGANDenoiseLib.cli_protocol import ENSEMBLE_CHOICES, MODALITY_CHOICES, SLICE_AXES
+    from MedGANDenoiseLib.engine import ENSEMBLE_SIZES
 
     fields = parameter_fields(ast.parse(SOURCE.read_text()))
-    choices = {"modality": MODALITY_CHOICES, "sliceAxis": tuple(SLICE_AXES)}
+    choices = {"modality": MODALITY_CHOICES, "sliceAxis": tuple(SLICE_AXES), "ensemble": tuple(ENSEMBLE_CHOICES)}
     for parameter, allowed in choices.items():
         statement = fields[parameter][2]
         assert ast.unparse(statement.annotation).count("Choice(list(") == 1
         assert ast.literal_eval(statement.value) in allowed
+    assert ENSEMBLE_CHOICES[ast.literal_eval(fields["ensemble"][2].value)] == 1, "the panel starts with the ensemble off"
+    assert set(ENSEMBLE_CHOICES.values()) <= set(ENSEMBLE_SIZES)
 
 
 OLD_STYLE_SOURCE = '''

@@ -24,7 +24,8 @@ import slicer
 
 from MedGANDenoiseLib import cli_protocol
 from MedGANDenoiseLib import scene as mrml
-from MedGANDenoiseLib.registry import ModelRegistry
+from MedGANDenoiseLib.engine import ENSEMBLE_SIZES, denoise_volume
+from MedGANDenoiseLib.registry import ModelRegistry, load_model
 from mrml_volumes import OBLIQUE_IJK_TO_RAS, add_volume_node
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,13 +112,17 @@ def test_xml_follows_slicers_module_description_format():
                 flags.append(flag)
             else:  # neither index nor flag: only a return parameter (simple output)
                 assert channel == "output" and parameter.tag == "string", f"{name} has neither <index> nor <longflag>"
-            if parameter.tag == "string-enumeration":
+            if parameter.tag.endswith("-enumeration"):
                 assert parameter.findtext("default") in [e.text for e in parameter.findall("element")], name
     assert len(set(names)) == len(names) and len(set(flags)) == len(flags)
     assert sorted(indices) == list(range(len(indices)))  # index parameters are 0..n-1
     images = {p.findtext("name"): p.findtext("channel") for p in root.iter("image")}
     assert images == {"inputVolume": "input", "denoisedVolume": "output", "noiseVolume": "output"}
     assert cli_protocol.REPORT_PARAMETER in names
+    ensemble = xml_parameters()["ensemble"]
+    assert ensemble.tag == "integer-enumeration"
+    assert [int(e.text) for e in ensemble.findall("element")] == list(ENSEMBLE_SIZES)
+    assert {int(e.text) for e in ensemble.findall("element")} >= set(cli_protocol.ENSEMBLE_CHOICES.values())
 
 
 def xml_parameters() -> dict[str, ET.Element]:
@@ -349,6 +354,15 @@ def test_logic_exchange_places_updates_and_cleans_up(tmp_path):
     assert second.denoised_node is outputs.denoised_node and scene.GetNumberOfNodes() == count
     np.testing.assert_allclose(second.result.noise, 0.5 * outputs.result.noise, atol=0.05)
 
+    # a self-ensemble run reaches the engine through the CLI and says so in the panel's details
+    third = mrml.create_exchange(scene, node, generation=generation.value)
+    report = run_like_slicer(scene, third, tmp_path, modality="CT", model_id=MODEL_ID, device="cpu", ensemble=4)
+    assert report["ensemble"] == 4 and "Self-ensemble: mean over 4" in cli_protocol.format_report(report)
+    ensembled = mrml.finish_exchange(scene, third, report, generation=generation.value)
+    expected = denoise_volume(array, load_model(ModelRegistry.default().get(MODEL_ID)), "CT", device="cpu", ensemble=4)
+    np.testing.assert_allclose(ensembled.result.denoised, expected.denoised, atol=0.05)
+    assert np.abs(ensembled.result.denoised - outputs.result.denoised).max() > 0.05
+
 
 def test_skip_noise_exchanges_only_the_denoised_volume(tmp_path):
     scene = slicer.vtkMRMLScene()
@@ -408,16 +422,17 @@ def test_cli_parameters_are_declared_in_the_xml_with_valid_values():
     node, _, _ = make_volume(scene)
     exchange = mrml.create_exchange(scene, node)
     parameters = mrml.cli_parameters(exchange, modality="CT", variant="unet", model_id=MODEL_ID, device="cuda:0", strength=0.3,
-                                     batch_size=4, axis=2, models_folder="/tmp/models")
+                                     batch_size=4, axis=2, models_folder="/tmp/models", ensemble=4)
     described = xml_parameters()
     assert set(parameters) <= set(described)
     for name, value in parameters.items():
         element = described[name]
-        if element.tag == "string-enumeration":
-            assert value in [e.text for e in element.findall("element")], name
+        if element.tag.endswith("-enumeration"):
+            assert str(value) in [e.text for e in element.findall("element")], name
         if element.tag == "image":
             assert value.IsA("vtkMRMLScalarVolumeNode"), name
     assert parameters["sliceAxis"] == "I" and parameters["batchSize"] == 4 and parameters["modelId"] == MODEL_ID
+    assert parameters["ensemble"] == 4 and mrml.cli_parameters(exchange, modality="CT")["ensemble"] == 1
     assert mrml.cli_parameters(exchange, modality="CT")["batchSize"] == 0  # automatic
     with pytest.raises(ValueError, match="slice axis"):
         mrml.cli_parameters(exchange, modality="CT", axis=3)

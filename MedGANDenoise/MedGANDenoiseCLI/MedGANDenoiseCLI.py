@@ -2,7 +2,7 @@
 """MedGANDenoise as a Slicer scripted CLI: denoise one volume file in its own process.
 
 Slicer runs it with its own Python (PythonSlicer) as
-  MedGANDenoiseCLI.py [--modality M] [--variant V] [--model ID] [--modelsFolder DIR] [--strength S]
+  MedGANDenoiseCLI.py [--modality M] [--variant V] [--model ID] [--modelsFolder DIR] [--strength S] [--ensemble N]
       [--device D] [--batchSize N] [--axis K|J|I] [--noise NOISE] [--returnparameterfile F] INPUT DENOISED
 (the flags of MedGANDenoiseCLI.xml). Progress goes to stdout as `<filter-progress>` lines, one
 per batch. Outputs are written atomically (temporary file, then rename) only after the whole
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", dest="modelId", default="")
     parser.add_argument("--modelsFolder", default="")
     parser.add_argument("--strength", type=float, default=1.0)
+    parser.add_argument("--ensemble", type=int, default=1)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batchSize", type=int, default=0)
     parser.add_argument("--axis", dest="sliceAxis", default="K", choices=["K", "J", "I"])
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     say(protocol.filter_progress(0, 1))
     result = denoise_volume(
         volume, model, modality, axis=protocol.CLI_AXES[args.sliceAxis], batch_size=args.batchSize or None,
-        device=args.device, strength=args.strength, progress=lambda done, total: say(protocol.filter_progress(done, total)))
+        device=args.device, strength=args.strength, ensemble=args.ensemble, progress=lambda done, total: say(protocol.filter_progress(done, total)))
     # Both outputs are written and verified under temporary names first, then renamed: a failure or
     # a kill while the second is written leaves neither (not a denoised volume without its noise;
     # a kill can leave a hidden .<name>.* temporary file, which Slicer's temporary folder holds).
@@ -121,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
     report = {
         "model_id": card.id, "description": card.description, "modality": card.modality, "variant": card.variant,
         "modality_reason": reason, "device": result.device, "precision": result.precision, "batch_size": result.batch_size,
+        "ensemble": result.ensemble,
         "seconds": round(result.seconds, 3),
         "shape": list(volume.shape), "sigma_before": estimate_noise_sigma(volume), "sigma_after": estimate_noise_sigma(result.denoised),
         "warnings": list(result.warnings),

@@ -18,6 +18,8 @@ CLI_MODULE_NAME = "MedGANDenoiseCLI"
 MODALITY_CHOICES = ("Auto", "CT", "MR", "PET", "XRAY", "US")
 SLICE_AXES = {"K (slices)": 0, "J": 1, "I": 2}  # numpy (k, j, i) axis the 2-D slices are taken across
 CLI_AXES = {"K": 0, "J": 1, "I": 2}
+# the panel's self-ensemble choices -> the engine's ensemble size (denoise_volume's `ensemble`)
+ENSEMBLE_CHOICES = {"Off": 1, "4 mirrorings (4x time)": 4, "8 flips and rotations (8x time)": 8}
 REPORT_PARAMETER = "runReport"
 
 
@@ -84,6 +86,8 @@ def format_report(report: dict[str, Any]) -> str:
     if report.get("device"):
         precision = f" ({report['precision']})" if report.get("precision") else ""
         lines.append(f"Device: {report['device']}{precision}, batch size {report.get('batch_size', '?')}")
+    if int(report.get("ensemble", 1)) > 1:
+        lines.append(f"Self-ensemble: mean over {int(report['ensemble'])} flips and rotations of each slice")
     if "seconds" in report:
         lines.append(f"Time: {float(report['seconds']):.1f} s for {'x'.join(map(str, report.get('shape', [])))} voxels")
     if "sigma_before" in report:

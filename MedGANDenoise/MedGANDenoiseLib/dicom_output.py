@@ -118,7 +118,7 @@ class StagedFolder:
 
 
 def build_slices(array: np.ndarray, image: sitk.Image, files: list[str], *, kind: str, model_id: str,
-                 strength: float, deidentify: bool) -> list:
+                 strength: float, deidentify: bool, ensemble: int = 1) -> list:
     """The derived series as pydicom datasets, one per slice of the (k, j, i) array."""
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -135,7 +135,8 @@ def build_slices(array: np.ndarray, image: sitk.Image, files: list[str], *, kind
     now = datetime.datetime.now()
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     suffix, derivation = TEXT[kind]
-    derivation = _clip(f"{derivation}, model {model_id}, strength {strength:g}", 1024)
+    ensembled = f", self-ensemble x{ensemble}" if ensemble > 1 else ""
+    derivation = _clip(f"{derivation}, model {model_id}, strength {strength:g}{ensembled}", 1024)
     spacing = image.GetSpacing()
     direction = np.array(image.GetDirection(), dtype=float).reshape(image.GetDimension(), image.GetDimension())
     orientation = [float(v) for v in (*direction[:3, 0][:3], *direction[:3, 1][:3])] if image.GetDimension() == 3 else None
@@ -198,13 +199,14 @@ def build_slices(array: np.ndarray, image: sitk.Image, files: list[str], *, kind
 
 
 def stage_dicom_series(array: np.ndarray, image: sitk.Image, files: list[str], path: str | Path, *, kind: str = "denoised",
-                       model_id: str = "", strength: float = 1.0, deidentify: bool = False) -> StagedFolder:
+                       model_id: str = "", strength: float = 1.0, deidentify: bool = False, ensemble: int = 1) -> StagedFolder:
     """Write the derived series into a temporary folder beside `path`, read every file back and
     compare it, and return it staged for commit()."""
     import pydicom
 
     path = Path(path)
-    slices = build_slices(array, image, files, kind=kind, model_id=model_id, strength=strength, deidentify=deidentify)
+    slices = build_slices(array, image, files, kind=kind, model_id=model_id, strength=strength, deidentify=deidentify,
+                          ensemble=ensemble)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))

@@ -41,6 +41,11 @@ TILE_SIZE = 1024
 TILE_OVERLAP = 256
 MIN_SLICE_SIDE = 4
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Self-ensemble: the first N of the eight flips and 90-degree rotations of a slice, each given to
+# the network and undone on its output, the outputs averaged (N passes per slice). 4 is the
+# mirrorings (left-right, up-down, both); 8 adds the rotations and transposes.
+ENSEMBLE_SIZES = (1, 2, 4, 8)
+_ENSEMBLE_TRANSFORMS = ((0, False), (0, True), (2, True), (2, False), (1, False), (1, True), (3, False), (3, True))
 
 
 @dataclass
@@ -52,6 +57,7 @@ class DenoiseResult:
     batch_size: int
     precision: str = "fp32"
     warnings: list[str] = field(default_factory=list)
+    ensemble: int = 1
 
 
 def validate_volume(volume: np.ndarray) -> None:
@@ -166,6 +172,7 @@ def denoise_volume(
     device: str = "auto",
     strength: float = 1.0,
     precision: str = "auto",
+    ensemble: int = 1,
     progress: ProgressCallback | None = None,
     should_cancel: CancelCheck | None = None,
     normalization: NormalizationParams | None = None,
@@ -183,6 +190,10 @@ def denoise_volume(
     otherwise. "bf16" asks for that split (for DnCNN and SRDenseNet, whose every layer is at full
     resolution, it means the whole predictor in bf16: 1-3.5 HU off), "fp16" stays within 0.5 HU.
     The fusion and the output are float32 in every case.
+    ensemble: 1 (default) runs the network once per slice; 2, 4 or 8 average its outputs over that
+    many flips and 90-degree rotations of the slice (self-ensemble, as nnU-Net mirrors at test
+    time): N times the time, a smoother estimate (+0.06-0.09 dB on the real quarter-dose CT slice
+    with 4, measured in the README), and an output that follows the slice when it is mirrored.
     CT voxels outside the scanner's field of view (below CT_PADDING_BELOW_HU) are shown to the
     network as air and returned untouched (noise 0).
     progress(done, total) is called after each batch; should_cancel() is checked before each
@@ -206,6 +217,9 @@ def denoise_volume(
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if ensemble not in ENSEMBLE_SIZES:
+        raise ValueError(f"ensemble must be one of {', '.join(map(str, ENSEMBLE_SIZES))} (1: off; N: the average over "
+                         f"N flips and rotations of each slice, N times the time), got {ensemble}")
     slices_axis = 0 if axis is None else axis
     if volume.ndim == 2:
         if axis not in (None, 0):
@@ -252,7 +266,7 @@ def denoise_volume(
         else:
             outside, network_input = None, original
         try:
-            output = _run_batch(generator, network_input, normalizer, params, torch_device, dtype)
+            output = _run_batch(generator, network_input, normalizer, params, torch_device, dtype, ensemble)
         except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
             if not _is_out_of_memory(error, torch):
                 raise
@@ -295,6 +309,7 @@ def denoise_volume(
         batch_size=batch_size,
         precision={torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
         warnings=notes,
+        ensemble=ensemble,
     )
 
 
@@ -382,18 +397,25 @@ def _empty_cache(torch, device) -> None:
         torch.mps.empty_cache()
 
 
-def _run_batch(generator, batch: np.ndarray, normalizer: Normalizer, params, device, dtype) -> np.ndarray:
-    """The generator's fused output for a (B, H, W) batch, in original units, float32 on the CPU.
-    Slices larger than MAX_PIXELS_PER_PASS go through in overlapping tiles."""
+def _run_batch(generator, batch: np.ndarray, normalizer: Normalizer, params, device, dtype, ensemble: int = 1) -> np.ndarray:
+    """The generator's fused output for a (B, H, W) batch, in original units, float32 on the CPU:
+    the mean over the first `ensemble` flips and rotations of _ENSEMBLE_TRANSFORMS, each undone on
+    its output. Slices larger than MAX_PIXELS_PER_PASS go through in overlapping tiles (of the
+    transformed slice, so every pass tiles on the generator's own grid as a single pass does)."""
     import torch
 
     x = torch.from_numpy(normalizer.forward(batch, params)).unsqueeze(1)
     height, width = batch.shape[1:]
+    forward = _forward if height * width <= MAX_PIXELS_PER_PASS else _forward_tiled
+    total = None
     with torch.inference_mode():
-        if height * width <= MAX_PIXELS_PER_PASS:
-            y = _forward(generator, x, device, dtype)
-        else:
-            y = _forward_tiled(generator, x, device, dtype)
+        for turns, mirror in _ENSEMBLE_TRANSFORMS[:ensemble]:
+            view = torch.rot90(x, turns, (-2, -1)) if turns else x
+            y = forward(generator, view.flip(-1) if mirror else view, device, dtype)
+            y = y.flip(-1) if mirror else y
+            y = torch.rot90(y, -turns, (-2, -1)) if turns else y
+            total = y if total is None else total + y
+    y = total / ensemble if ensemble > 1 else total
     return normalizer.inverse(y.squeeze(1).numpy(), params)
 
 

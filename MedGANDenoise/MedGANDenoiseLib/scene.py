@@ -166,7 +166,8 @@ def create_exchange(scene, input_node, *, skip_noise: bool = False, generation: 
 
 
 def cli_parameters(exchange: CliExchange, *, modality: str, variant: str = "unet", model_id: str = "", device: str = "auto",
-                   strength: float = 1.0, batch_size: int | None = None, axis: int = 0, models_folder: str | Path | None = None) -> dict[str, Any]:
+                   strength: float = 1.0, batch_size: int | None = None, axis: int = 0, models_folder: str | Path | None = None,
+                   ensemble: int = 1) -> dict[str, Any]:
     """The MedGANDenoiseCLI parameters (names of MedGANDenoiseCLI.xml) for slicer.cli.run."""
     axes = {v: k for k, v in CLI_AXES.items()}
     if axis not in axes:
@@ -174,6 +175,7 @@ def cli_parameters(exchange: CliExchange, *, modality: str, variant: str = "unet
     parameters = {
         "inputVolume": exchange.input_node, "denoisedVolume": exchange.denoised, "modality": str(modality), "variant": str(variant),
         "modelId": str(model_id or ""), "device": str(device or "auto"), "strength": float(strength), "batchSize": int(batch_size or 0),
+        "ensemble": int(ensemble),
         "sliceAxis": axes[axis], "modelsFolder": str(models_folder or ""),
     }
     if exchange.noise is not None:

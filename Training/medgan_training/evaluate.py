@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from MedGANDenoiseLib.engine import CT_PADDING_BELOW_HU, denoise_volume, inference_copy, resolve_device
+from MedGANDenoiseLib.engine import CT_PADDING_BELOW_HU, ENSEMBLE_SIZES, denoise_volume, inference_copy, resolve_device
 from MedGANDenoiseLib.normalization import NormalizationParams, Normalizer
 from MedGANDenoiseLib.registry import LoadedModel, ModelRegistry, load_model, normalize_modality
 
@@ -107,10 +107,12 @@ def evaluate(
     tune_slices: int = 3,
     tune_crop: int = 256,
     strength: float = 1.0,
+    ensemble: int = 1,
     log=print,
 ) -> tuple[dict[str, dict], dict[str, np.ndarray], Window]:
     """Metrics per method on a (slices, H, W) stack; returns (summaries, outputs, window). The
-    models remove `strength` of their estimated noise (their branch rows are always whole).
+    models remove `strength` of their estimated noise, averaged over `ensemble` flips and rotations
+    of each slice (their branch rows are always whole and single-pass).
     Each summary holds mean and std of PSNR, SSIM, RMSE and bias, seconds_per_slice, setting
     and, for oracle-tuned baselines, oracle=True and the search's details."""
     modality = normalize_modality(modality)
@@ -134,12 +136,13 @@ def evaluate(
         for card in cards:
             log(f"model {card.id} ...")
             model = load_model(card)
-            result = denoise_volume(noisy, model, modality, device=device, strength=strength)
+            result = denoise_volume(noisy, model, modality, device=device, strength=strength, ensemble=ensemble)
             base = f"model {card.id}"
-            name = base + (f", strength {strength:g}" if strength != 1.0 else "")
+            name = base + (f", strength {strength:g}" if strength != 1.0 else "") + (f", self-ensemble x{ensemble}" if ensemble > 1 else "")
             outputs[name] = result.denoised
             extra[name] = {"method": "model", "seconds_per_slice": result.seconds / len(noisy), "oracle": False,
-                           "setting": f"{card.variant}, {result.precision} on {result.device}", "strength": strength}
+                           "setting": f"{card.variant}, {result.precision} on {result.device}", "strength": strength,
+                           "ensemble": ensemble}
             if branches and card.architecture.get("mode", "both") == "both":
                 for branch, stack in model_branches(model, noisy, device).items():
                     outputs[f"{base}: {branch}"] = stack
@@ -314,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="Device of the models: auto, cpu, cuda or mps.")
     parser.add_argument("--strength", type=float, default=1.0,
                         help="Share of their estimated noise the models remove, 0..1, as medgan-denoise --strength (default: 1).")
+    parser.add_argument("--ensemble", type=int, default=1, choices=ENSEMBLE_SIZES,
+                        help="Average the models' outputs over this many flips and rotations of each slice, as "
+                             "medgan-denoise --ensemble (default: 1, off).")
     parser.add_argument("--out", type=Path, default=Path("output/evaluate"), help="Output folder.")
     args = parser.parse_args(argv)
     try:
@@ -331,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         summaries, outputs, window = evaluate(noisy, clean, modality, methods=methods, models=args.models,
                                               models_dirs=tuple(args.models_dir), branches=not args.no_branches,
                                               device=args.device, tune_slices=args.tune_slices, tune_crop=args.tune_crop,
-                                              strength=args.strength)
+                                              strength=args.strength, ensemble=args.ensemble)
     except (ValueError, OSError) as error:
         print(f"medgan-evaluate: error: {error}", file=sys.stderr)
         return 2
