@@ -48,7 +48,7 @@ weights for the modality are offered) and, where there are several (the shipped 
 your own folder), the model, then click Denoise. Two volumes are created: the denoised
 volume and the estimated noise (input = denoised + noise). The input is never modified. The model
 runs in a separate process (the MedGANDenoiseCLI module): the application stays responsive and
-Cancel stops it at once. The Details section shows what ran. Under Advanced, Self-ensemble
+Cancel stops it at once. The Details section shows what ran. Self-ensemble (below Strength)
 averages the model's outputs over 4 mirrorings or 8 flips and rotations of each slice: 4 or 8
 times the time for a slightly better estimate.
 <br><br>Scripting from the Python console:

@@ -97,7 +97,11 @@ def test_the_exported_epoch_is_the_best_one_on_the_chosen_validation_metric(scan
     scores = [float(r[f"val_{metric}"]) for r in rows]
     card = ModelRegistry.from_folders([export]).get("tiny-ct")
     assert card.metrics["epoch"] == 1 + scores.index(max(scores))
-    assert card.metrics["validation"][metric] == pytest.approx(max(scores), abs=1e-6)
+    # the card's figures are measured again after export rounds the weights to float16 (a few 1e-6 dB
+    # on this run), far below the gaps between epochs
+    others = sorted(scores)[:-1]
+    assert card.metrics["validation"][metric] == pytest.approx(max(scores), abs=1e-4)
+    assert all(abs(card.metrics["validation"][metric] - s) > 1e-3 for s in others)
 
 
 def test_selection_follows_the_chosen_metric_where_psnr_and_ssim_disagree():
