@@ -440,3 +440,28 @@ def test_batchnorm_recalibration_averages_the_statistics_of_many_batches_and_lea
     assert all(torch.equal(v, weights[k]) for k, v in generator.named_parameters())
     assert training.recalibrate_batchnorm(training.build_generator("srdensenet", {"growth_rate": 4, "num_blocks": 1}),
                                           data, torch.device("cpu"), batches=4, batch_size=2) == 0
+
+
+def test_recalibrating_batchnorm_before_each_validation_validates_what_export_would_give(scan, tmp_path):
+    """With --bn-recalibration-each-epoch N the statistics the epoch is validated with (and saved with)
+    are the plain average over the first N batches of that epoch's patches, as the export's
+    re-estimation computes them; without it, the running averages of training."""
+    statistics = {}
+    for batches in (0, 3):
+        out = tmp_path / f"run{batches}"
+        args = tiny_args(scan, out, "--variant", "dncnn", "--depth", "4", "--epochs", "2", "--gan-loss", "none", "--bn-recalibration-batches", "0",
+                         "--bn-recalibration-each-epoch", str(batches))
+        training.main(args)
+        state = torch.load(out / "checkpoint.pt", weights_only=True)["generator"]
+        generator = training.build_generator(**training.parse_args(args).architecture())
+        generator.load_state_dict(state)
+        train_set, _, _ = training.build_training_data(training.parse_args(args))
+        train_set.set_epoch(1)
+        training.recalibrate_batchnorm(generator, train_set, torch.device("cpu"), 3, 4)
+        names = [k for k in state if k.endswith("running_mean")]
+        assert names
+        statistics[batches] = max(float((state[k] - generator.state_dict()[k]).abs().max()) for k in names)
+    assert statistics[3] < 1e-6, "the saved statistics are the re-estimated ones"
+    assert statistics[0] > 1e-4, "without the option they are training's running averages"
+    with pytest.raises(SystemExit):
+        training.parse_args(tiny_args(scan, tmp_path / "bad", "--bn-recalibration-each-epoch", "-1"))

@@ -108,6 +108,9 @@ class TrainConfig:
     bn_recalibration_batches: int = option(200, "Before export, re-estimate every BatchNorm's running statistics as the plain "
                                            "average over this many training batches (0: keep the running averages of "
                                            "the last steps, which follow the last few batches' noise levels).")
+    bn_recalibration_each_epoch: int = option(0, "Before each epoch's validation, re-estimate every BatchNorm's statistics "
+                                              "over this many training batches, as export does, so the epoch is chosen on "
+                                              "what would be exported (0: validate with the running averages).")
     cosine_lr: bool = option(False, "Anneal both learning rates to zero over the epochs (cosine).")
     batch_size: int = option(16, "Patches per optimisation step on each process.")
     epochs: int = option(20, "Training epochs.")
@@ -163,6 +166,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                      "works at coarser grids)")
     if cfg.precision not in ("auto", "bf16", "fp32"):
         parser.error("--precision must be auto, bf16 or fp32")
+    if cfg.bn_recalibration_batches < 0 or cfg.bn_recalibration_each_epoch < 0:
+        parser.error("--bn-recalibration-batches and --bn-recalibration-each-epoch take 0 (off) or a number of batches")
     if cfg.select_on not in ("psnr", "ssim"):
         parser.error(f"--select-on must be psnr or ssim, got {cfg.select_on!r}")
     try:
@@ -691,6 +696,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             steps += 1
 
         if is_main:
+            if cfg.bn_recalibration_each_epoch:  # other ranks receive these buffers with DDP's next broadcast
+                recalibrate_batchnorm(unwrap(generator), train_set, device, cfg.bn_recalibration_each_epoch, cfg.batch_size)
             metrics, outputs = validate(unwrap(generator), val_pairs, cfg, device)
             row = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - started, 1),
                    **{k: v / max(steps, 1) for k, v in totals.items()},
