@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from MedGANDenoiseLib.engine import denoise_volume, estimate_noise_sigma
+from MedGANDenoiseLib.engine import ENSEMBLE_SIZES, denoise_volume, estimate_noise_sigma
 from MedGANDenoiseLib.registry import ModelRegistry, load_model
 
 MIB = 2**20
@@ -91,16 +91,21 @@ def classical_filters(slices: np.ndarray) -> dict[str, float]:
     return {"nlm_fast": per_slice_seconds(nlm, slices), "bm3d": per_slice_seconds(bm3d_filter, slices[:2])}
 
 
-def cpu_model_timing(model, slices: np.ndarray) -> dict[str, float | str]:
+def cpu_model_timing(model, slices: np.ndarray, ensemble: int = 1) -> dict[str, float | str]:
     """Seconds per slice when the slices are denoised as one volume, as users run the engine (the
-    inference copy of the generator is made once per call), in the default precision and fp32."""
+    inference copy of the generator is made once per call), in the default precision and fp32, and
+    with the self-ensemble of `ensemble` passes (default precision) when it is above 1."""
     modality = model.card.modality
     denoise_volume(slices[:1], model, modality, device="cpu")  # warm-up
     a = denoise_volume(slices, model, modality, device="cpu")
     b = denoise_volume(slices, model, modality, device="cpu", precision="fp32")
-    return {"auto_precision": a.precision, "seconds_per_slice": a.seconds / len(slices),
-            "seconds_per_slice_fp32": b.seconds / len(slices),
-            "max_abs_difference_auto_vs_fp32": float(np.abs(a.denoised - b.denoised).max())}
+    timing = {"auto_precision": a.precision, "seconds_per_slice": a.seconds / len(slices),
+              "seconds_per_slice_fp32": b.seconds / len(slices),
+              "max_abs_difference_auto_vs_fp32": float(np.abs(a.denoised - b.denoised).max())}
+    if ensemble > 1:
+        timing[f"seconds_per_slice_ensemble_{ensemble}"] = denoise_volume(slices, model, modality, device="cpu",
+                                                                          ensemble=ensemble).seconds / len(slices)
+    return timing
 
 
 def volume_memory(model, slices: int, size: int) -> dict[str, float]:
@@ -163,6 +168,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--volume-slices", type=int, default=200, help="slices of the memory test volume (0: skip)")
     parser.add_argument("--gpu-batch-sizes", type=int, nargs="*", default=[8, 32, 64])
+    parser.add_argument("--ensemble", type=int, default=1, choices=ENSEMBLE_SIZES,
+                        help="also time each model with this self-ensemble (passes per slice), in the default precision")
     parser.add_argument("--write-cards", action="store_true",
                         help="store each timed shipped model's CPU seconds per slice in its card (metrics.speed)")
     args = parser.parse_args()
@@ -177,7 +184,7 @@ def main() -> None:
     rows = []
     for model_id in ids:
         model = load_model(registry.get(model_id))
-        timing = cpu_model_timing(model, slices)
+        timing = cpu_model_timing(model, slices, args.ensemble)
         timing |= {"model": model_id, "nlm_ratio": timing["seconds_per_slice"] / classical["nlm_fast"],
                    "bm3d_speedup": classical["bm3d"] / timing["seconds_per_slice"]}
         print(json.dumps(timing))
@@ -202,6 +209,9 @@ def main() -> None:
     for r in rows:
         print(f"| {r['model']} | {r['auto_precision']} | {r['seconds_per_slice']:.3f} | {r['seconds_per_slice_fp32']:.3f} "
               f"| {r['nlm_ratio']:.2f}x the time | {r['bm3d_speedup']:.0f}x faster | {r['max_abs_difference_auto_vs_fp32']:.3f} |")
+    for r in rows:
+        if args.ensemble > 1:
+            print(f"{r['model']}: self-ensemble x{args.ensemble} {r[f'seconds_per_slice_ensemble_{args.ensemble}']:.3f} s per slice")
     if memory:
         print(f"\n{ids[0]} on a {memory['volume']} volume: {memory['seconds_total']} s, peak memory "
               f"{memory['peak_rss_above_baseline_mib']} MiB above baseline = outputs {memory['outputs_mib']} MiB "
