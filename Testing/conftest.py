@@ -17,11 +17,17 @@ TINY_ARCHITECTURE = {"variant": "unet", "predictor": {"base_width": 4, "depth": 
 CT_NORMALIZATION = {"kind": "fixed", "offset": -1024.0, "scale": 4096.0}
 
 
-def write_tiny_model(folder: Path, model_id: str = "tiny-ct", modality: str = "CT", seed: int = 0) -> Path:
-    """An untrained tiny generator saved as a registry entry: for plumbing tests, never for quality."""
+def write_tiny_model(folder: Path, model_id: str = "tiny-ct", modality: str = "CT", seed: int = 0, jitter: float = 0.0) -> Path:
+    """An untrained tiny generator saved as a registry entry: for plumbing tests, never for quality.
+    jitter > 0 adds that much Gaussian noise to every weight: the untrained generator starts near
+    the identity, and a jittered one changes the image and answers a mirrored slice differently."""
     torch.manual_seed(seed)
     normalization = CT_NORMALIZATION if modality == "CT" else {"kind": "percentile"}
-    write_model(build_generator(**TINY_ARCHITECTURE), folder, model_id=model_id, modality=modality, variant="unet",
+    generator = build_generator(**TINY_ARCHITECTURE)
+    with torch.no_grad():
+        for parameter in generator.parameters():
+            parameter.add_(jitter * torch.randn_like(parameter))
+    write_model(generator, folder, model_id=model_id, modality=modality, variant="unet",
                 architecture=TINY_ARCHITECTURE, normalization=normalization, description="untrained test model")
     return folder
 

@@ -92,17 +92,9 @@ def test_ensemble_option_reaches_the_engine_and_the_summary(tmp_path, models, ca
     from MedGANDenoiseLib.engine import denoise_volume
     from MedGANDenoiseLib.registry import ModelRegistry, load_model
 
-    import torch
+    from conftest import write_tiny_model
 
-    torch.manual_seed(0)
-    architecture = {"variant": "unet", "predictor": {"base_width": 4, "depth": 2}}
-    generator = build_generator(**architecture)
-    with torch.no_grad():  # jittered, so that a mirrored slice gives another output (the untrained net is near the identity)
-        for parameter in generator.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    jittered = tmp_path / "jittered"
-    write_model(generator, jittered, model_id="jittered-ct", modality="CT", variant="unet", architecture=architecture,
-                normalization={"kind": "fixed", "offset": -1024.0, "scale": 4096.0})
+    jittered = write_tiny_model(tmp_path / "jittered", model_id="jittered-ct", jitter=0.05)
     volume = ct_volume()
     source = write_scan(tmp_path / "scan.nii.gz", volume)
     code = cli.main([str(source), "-o", str(tmp_path / "e4.nii.gz"), "--modality", "CT", "--ensemble", "4", "--models-dir", str(jittered),

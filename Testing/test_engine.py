@@ -113,8 +113,9 @@ def test_bad_arguments_are_refused(tiny_model):
         denoise_volume(volume, tiny_model, "CT", batch_size=0)
     with pytest.raises(ValueError, match="axis"):
         denoise_volume(volume, tiny_model, "CT", axis=3)
-    with pytest.raises(ValueError, match="ensemble must be one of 1, 2, 4, 8"):
-        denoise_volume(volume, tiny_model, "CT", ensemble=3)
+    for wrong in (3, 4.0, True):
+        with pytest.raises(ValueError, match="ensemble must be one of 1, 2, 4, 8"):
+            denoise_volume(volume, tiny_model, "CT", ensemble=wrong)
 
 
 def _largest_change_under(transform, inverse, model, image, ensemble):

@@ -175,6 +175,25 @@ def test_strength_scales_the_models_removed_noise_and_names_the_row(tiny_model_d
     assert "--strength must be between 0 and 1, got 1.5" in capsys.readouterr().err
 
 
+def test_the_self_ensemble_reaches_the_models_and_names_the_row(tmp_path):
+    from conftest import write_tiny_model
+
+    from MedGANDenoiseLib.engine import denoise_volume
+    from MedGANDenoiseLib.registry import ModelRegistry, load_model
+
+    folder = write_tiny_model(tmp_path / "models", jitter=0.05)
+    noisy, clean = noisy_stack(slices=2, size=48, hu=20.0)
+    summaries, outputs, _ = evaluate.evaluate(noisy, clean, "CT", methods=("model",), models=["tiny-ct"], models_dirs=(str(folder),),
+                                              device="cpu", branches=False, ensemble=4, log=lambda *_: None)
+    assert list(outputs) == ["model tiny-ct, self-ensemble x4"] and summaries["model tiny-ct, self-ensemble x4"]["ensemble"] == 4
+    model = load_model(ModelRegistry.from_folders([folder]).get("tiny-ct"))
+    expected = {n: denoise_volume(noisy, model, "CT", device="cpu", ensemble=n).denoised for n in (1, 4)}
+    np.testing.assert_allclose(outputs["model tiny-ct, self-ensemble x4"], expected[4], atol=1e-3)
+    assert np.abs(expected[4] - expected[1]).max() > 0.1, "the ensemble is another computation than one pass"
+    with pytest.raises(SystemExit):
+        evaluate.main(["--clean", "x.nii.gz", "--ensemble", "3"])
+
+
 def test_command_reports_an_unknown_method_or_model(tmp_path, tiny_model_dir, capsys):
     noisy, clean = noisy_stack(slices=1, size=48)
     np.save(tmp_path / "quarter_dose_hu.npy", noisy[0])

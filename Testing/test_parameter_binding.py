@@ -405,3 +405,22 @@ def test_the_model_list_follows_modality_and_variant_and_reaches_the_run(monkeyp
     widget.onVariantChanged()
     assert widget.ui.modelComboBox.count == 0 and widget.currentModelId() == ""
     assert widget._parameterNode.modelId == "ct-unet-w32"
+
+
+def test_the_self_ensemble_is_forwarded_on_every_path_of_the_module():
+    """Slicer's Qt cannot run here: read the module's calls. The panel passes the bound choice to
+    startRun, startRun hands it to the CLI's parameters, process() to both of its paths."""
+    tree = ast.parse(SOURCE.read_text())
+    functions = {f.name: f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)}
+
+    def keyword(function: str, callee: str) -> str:
+        calls = [c for c in ast.walk(functions[function]) if isinstance(c, ast.Call) and ast.unparse(c.func).endswith(callee)]
+        assert calls, f"{function} does not call {callee}"
+        values = {ast.unparse(k.value) for c in calls for k in c.keywords if k.arg == "ensemble"}
+        assert len(values) == 1 and all(any(k.arg == "ensemble" for k in c.keywords) for c in calls), (function, callee, values)
+        return values.pop()
+
+    assert keyword("onApplyButton", "startRun") == "ENSEMBLE_CHOICES[p.ensemble]"
+    assert keyword("startRun", "cli_parameters") == "ensemble"
+    assert keyword("process", "startRun") == "ensemble"
+    assert keyword("process", "denoise_volume_node") == "ensemble"

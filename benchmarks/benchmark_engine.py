@@ -209,9 +209,8 @@ def main() -> None:
     for r in rows:
         print(f"| {r['model']} | {r['auto_precision']} | {r['seconds_per_slice']:.3f} | {r['seconds_per_slice_fp32']:.3f} "
               f"| {r['nlm_ratio']:.2f}x the time | {r['bm3d_speedup']:.0f}x faster | {r['max_abs_difference_auto_vs_fp32']:.3f} |")
-    for r in rows:
-        if args.ensemble > 1:
-            print(f"{r['model']}: self-ensemble x{args.ensemble} {r[f'seconds_per_slice_ensemble_{args.ensemble}']:.3f} s per slice")
+    for r in rows if args.ensemble > 1 else []:
+        print(f"{r['model']}: self-ensemble x{args.ensemble} {r[f'seconds_per_slice_ensemble_{args.ensemble}']:.3f} s per slice")
     if memory:
         print(f"\n{ids[0]} on a {memory['volume']} volume: {memory['seconds_total']} s, peak memory "
               f"{memory['peak_rss_above_baseline_mib']} MiB above baseline = outputs {memory['outputs_mib']} MiB "

@@ -109,8 +109,9 @@ class TrainConfig:
                                            "average over this many training batches (0: keep the running averages of "
                                            "the last steps, which follow the last few batches' noise levels).")
     bn_recalibration_each_epoch: int = option(0, "Before each epoch's validation, re-estimate every BatchNorm's statistics "
-                                              "over this many training batches, as export does, so the epoch is chosen on "
-                                              "what would be exported (0: validate with the running averages).")
+                                              "over this many training batches, as export does (over its own batches), so "
+                                              "the epoch is chosen with statistics estimated the way the exported model's "
+                                              "are (0: validate with the running averages).")
     cosine_lr: bool = option(False, "Anneal both learning rates to zero over the epochs (cosine).")
     batch_size: int = option(16, "Patches per optimisation step on each process.")
     epochs: int = option(20, "Training epochs.")
@@ -523,7 +524,7 @@ def recalibrate_batchnorm(generator: torch.nn.Module, train_set: PatchDataset, d
     """Replace each BatchNorm's running mean and variance by their plain average over `batches`
     training batches (no weight changes; "precise BatchNorm"). The running averages kept during
     training weigh the last ten or so batches most, and with noise levels of 10-60 HU drawn per
-    patch they moved the eval-mode DnCNN's validation by up to 2 dB from one epoch to the next.
+    patch they moved the eval-mode DnCNN's validation by 2-3 dB from one epoch to the next.
     Returns the number of BatchNorm layers recalibrated."""
     norms = [m for m in generator.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     if not norms or batches <= 0:
