@@ -24,9 +24,10 @@ def write_tiny_model(folder: Path, model_id: str = "tiny-ct", modality: str = "C
     torch.manual_seed(seed)
     normalization = CT_NORMALIZATION if modality == "CT" else {"kind": "percentile"}
     generator = build_generator(**TINY_ARCHITECTURE)
-    with torch.no_grad():
-        for parameter in generator.parameters():
-            parameter.add_(jitter * torch.randn_like(parameter))
+    if jitter:
+        with torch.no_grad():
+            for parameter in generator.parameters():
+                parameter.add_(jitter * torch.randn_like(parameter))
     write_model(generator, folder, model_id=model_id, modality=modality, variant="unet",
                 architecture=TINY_ARCHITECTURE, normalization=normalization, description="untrained test model")
     return folder

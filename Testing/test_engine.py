@@ -3,8 +3,6 @@ and tiling with the shipped CT model."""
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
@@ -126,24 +124,20 @@ def _largest_change_under(transform, inverse, model, image, ensemble):
     return float(np.abs(inverse(moved) - plain).max())
 
 
-def perturbed(model):
-    """The model with every weight jittered, so that its output differs from its input (the untrained
-    generator starts as the identity) and from its output on a mirrored input."""
-    from MedGANDenoiseLib.registry import LoadedModel
+@pytest.fixture
+def jittered_model(tmp_path):
+    """A tiny model whose weights are jittered (conftest.write_tiny_model): it changes the image and
+    answers a mirrored slice differently, which the untrained near-identity generator does not."""
+    from conftest import write_tiny_model
 
-    generator = copy.deepcopy(model.generator)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for parameter in generator.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    return LoadedModel(card=model.card, generator=generator)
+    return load_model(ModelRegistry.from_folders([write_tiny_model(tmp_path / "jittered", jitter=0.05)]).get("tiny-ct"))
 
 
-def test_the_self_ensemble_follows_the_slice_when_it_is_mirrored_or_rotated(tiny_model):
+def test_the_self_ensemble_follows_the_slice_when_it_is_mirrored_or_rotated(jittered_model):
     """The mean over a group of flips/rotations is equivariant under that group, whatever the
     network: 4 mirrorings follow a mirrored slice, 8 also a rotated one. A single pass of the
     network does not, so the check can fail."""
-    tiny_model = perturbed(tiny_model)
+    tiny_model = jittered_model
     image = ct_volume((20, 28), dtype=np.float32, seed=5)
     mirror = (np.fliplr, np.fliplr)
     upside_down = (np.flipud, np.flipud)
@@ -157,8 +151,8 @@ def test_the_self_ensemble_follows_the_slice_when_it_is_mirrored_or_rotated(tiny
         assert _largest_change_under(transform, inverse, tiny_model, image, 8) < 1e-3
 
 
-def test_the_self_ensemble_averages_and_keeps_the_runs_contract(tiny_model):
-    tiny_model = perturbed(tiny_model)
+def test_the_self_ensemble_averages_and_keeps_the_runs_contract(jittered_model):
+    tiny_model = jittered_model
     volume = ct_volume((5, 18, 22))
     single = denoise_volume(volume, tiny_model, "CT", device="cpu", precision="fp32")
     result = denoise_volume(volume, tiny_model, "CT", device="cpu", precision="fp32", ensemble=2, batch_size=2,
