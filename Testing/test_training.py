@@ -465,3 +465,58 @@ def test_recalibrating_batchnorm_before_each_validation_validates_what_export_wo
     assert statistics[0] > 1e-4, "without the option they are training's running averages"
     with pytest.raises(SystemExit):
         training.parse_args(tiny_args(scan, tmp_path / "bad", "--bn-recalibration-each-epoch", "-1"))
+
+
+def test_weight_average_follows_its_decay_and_takes_the_live_batchnorm_statistics():
+    live = training.build_generator(variant="dncnn", predictor={"width": 4, "num_layers": 3})
+    average = training.copy.deepcopy(live)
+    start = [p.detach().clone() for p in average.parameters()]
+    steps = []
+    for step in range(2):
+        with torch.no_grad():
+            for p in live.parameters():
+                p.add_(torch.randn_like(p))
+            for b in live.buffers():
+                if b.is_floating_point():
+                    b.add_(1.0)
+        steps.append([p.detach().clone() for p in live.parameters()])
+        training.update_ema(average, live, 0.5)
+    for a, s0, s1, s2 in zip(average.parameters(), start, *steps):
+        torch.testing.assert_close(a.detach(), 0.25 * s0 + 0.25 * s1 + 0.5 * s2)
+    for kept, current in zip(average.buffers(), live.buffers()):
+        torch.testing.assert_close(kept, current)
+
+
+def test_ema_run_validates_and_exports_the_average_and_resumes_it(scan, tmp_path):
+    """--ema-decay: the epoch's recorded weights are the average, not the live weights; the average
+    survives a resume (a resumed run ends on the same average as an uninterrupted one)."""
+    ema = ("--ema-decay", "0.7", "--gan-loss", "none", "--variant", "dncnn", "--depth", "3")
+    training.main(tiny_args(scan, tmp_path / "straight", "--epochs", "2", *ema))
+    state = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    live, average = state["generator"], state["ema_generator"]
+    weights = [k for k in live if k.endswith("weight")]
+    assert max(float((live[k] - average[k]).abs().max()) for k in weights) > 1e-4
+    best = json.loads(state["metrics"])
+    assert best["ema_decay"] == 0.7
+    if best["epoch"] == 2:
+        for k in weights:
+            torch.testing.assert_close(state["best_generator"][k], average[k], rtol=0, atol=0)
+
+    training.main(tiny_args(scan, tmp_path / "resumed", "--epochs", "1", *ema))
+    training.main(tiny_args(scan, tmp_path / "resumed", "--epochs", "2", "--resume", *ema))
+    resumed = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["ema_generator"]
+    for k in average:
+        torch.testing.assert_close(resumed[k], average[k], rtol=0, atol=1e-6, msg=k)
+
+    export = tmp_path / "models"
+    training.main(tiny_args(scan, tmp_path / "one", "--epochs", "1", "--export", str(export), "--model-id", "tiny-ema",
+                            "--bn-recalibration-batches", "0", "--no-calibrate-fusion", *ema))
+    state = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)
+    exported = load_model(ModelRegistry.from_folders([export]).get("tiny-ema")).generator.state_dict()
+    def distance(a: dict, b: dict) -> float:  # relative, so float16 storage rounding (~5e-4) stays small
+        return max(float((a[k].float() - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-8)) for k in weights)
+
+    assert distance(exported, state["ema_generator"]) < 1e-3
+    assert distance(exported, state["generator"]) > 1e-2
+    with pytest.raises(SystemExit):
+        training.parse_args(tiny_args(scan, tmp_path / "bad", "--ema-decay", "1"))

@@ -15,6 +15,7 @@ exactly as users run it), a CSV log, a loss-curve PNG, a picture panel and a che
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import dataclasses
 import json
@@ -113,6 +114,11 @@ class TrainConfig:
                                               "the epoch is chosen with statistics estimated the way the exported model's "
                                               "are (0: validate with the running averages).")
     cosine_lr: bool = option(False, "Anneal both learning rates to zero over the epochs (cosine).")
+    ema_decay: float = option(0.0, "Keep an exponential moving average of the generator's weights with this decay per "
+                              "step (e.g. 0.999: an average over about the last 1,000 steps) and validate and export it "
+                              "instead of the last step's weights, which the adversarial term keeps moving (0: off). "
+                              "BatchNorm statistics are the live generator's; --bn-recalibration-each-epoch re-estimates "
+                              "them for the averaged weights.")
     batch_size: int = option(16, "Patches per optimisation step on each process.")
     epochs: int = option(20, "Training epochs.")
     precision: str = option("auto", "Training precision: auto (bf16 autocast where the CPU/GPU has native bf16), bf16 or fp32.")
@@ -169,6 +175,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         parser.error("--precision must be auto, bf16 or fp32")
     if cfg.bn_recalibration_batches < 0 or cfg.bn_recalibration_each_epoch < 0:
         parser.error("--bn-recalibration-batches and --bn-recalibration-each-epoch take 0 (off) or a number of batches")
+    if not 0 <= cfg.ema_decay < 1:
+        parser.error(f"--ema-decay takes 0 (off) or a decay in (0, 1), e.g. 0.999; got {cfg.ema_decay}")
     if cfg.select_on not in ("psnr", "ssim"):
         parser.error(f"--select-on must be psnr or ssim, got {cfg.select_on!r}")
     try:
@@ -438,10 +446,21 @@ def improves_on(metrics: dict[str, Any], best: dict[str, Any], metric: str = "ps
     return not best or metrics[metric] > best["validation"][metric]
 
 
+def update_ema(average: torch.nn.Module, live: torch.nn.Module, decay: float) -> None:
+    """One step of the weight average: average <- decay * average + (1 - decay) * live. Buffers
+    (BatchNorm statistics) are copied from the live generator: averaging them would mix statistics
+    of weights that no longer exist."""
+    with torch.no_grad():
+        torch._foreach_lerp_(list(average.parameters()), list(live.parameters()), 1 - decay)
+        for kept, current in zip(average.buffers(), live.buffers()):
+            kept.copy_(current)
+
+
 def save_checkpoint(path: Path, epoch: int, generator, discriminator, opt_g, opt_d, cfg: TrainConfig, best: dict,
-                    best_generator: dict | None) -> None:
+                    best_generator: dict | None, ema: torch.nn.Module | None = None) -> None:
     state = {
         "best_generator": best_generator,
+        **({"ema_generator": ema.state_dict()} if ema is not None else {}),
         "epoch": epoch,
         "generator": unwrap(generator).state_dict(),
         "discriminator": unwrap(discriminator).state_dict(),
@@ -614,9 +633,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     start_epoch, best, best_generator = 0, {}, None
     checkpoint_path = out / "checkpoint.pt"
+    # the weight average that is validated and exported when --ema-decay is on (the live weights otherwise)
+    ema = copy.deepcopy(generator) if cfg.ema_decay else None
     if cfg.resume and checkpoint_path.is_file():
         state = torch.load(checkpoint_path, map_location=device, weights_only=True)
         generator.load_state_dict(state["generator"])
+        if ema is not None:
+            ema.load_state_dict(state.get("ema_generator", state["generator"]))
         discriminator.load_state_dict(state["discriminator"])
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
@@ -641,14 +664,19 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         with open(log_path, "w", newline="") as f:
             csv.writer(f).writerow(fields)
 
+    def evaluated() -> torch.nn.Module:
+        """The generator that is validated and exported: the weight average, or the live weights."""
+        return ema if ema is not None else unwrap(generator)
+
     def record_best(metrics: dict[str, Any], epoch: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        """The best-epoch record and a copy of the generator's weights now."""
+        """The best-epoch record and a copy of the evaluated generator's weights now."""
         record = {"validation": metrics, "noisy_input": baseline, "window": window.label(unit), "epoch": epoch,
-                  "val_slices": len(val_pairs), "val_degradation": data_info.get("val_degradation", "paired data")}
-        return record, {k: v.detach().clone() for k, v in unwrap(generator).state_dict().items()}
+                  "val_slices": len(val_pairs), "val_degradation": data_info.get("val_degradation", "paired data"),
+                  **({"ema_decay": cfg.ema_decay} if ema is not None else {})}
+        return record, {k: v.detach().clone() for k, v in evaluated().state_dict().items()}
 
     if is_main and fine_tuning:  # the starting model competes for "best": fine-tuning never exports a worse one
-        metrics, _ = validate(unwrap(generator), val_pairs, cfg, device)
+        metrics, _ = validate(evaluated(), val_pairs, cfg, device)
         best, best_generator = record_best(metrics, 0)
         print(f"epoch 0 (--init-from {cfg.init_from}): {format_summary(metrics, window, unit)}", flush=True)
 
@@ -691,6 +719,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
+            if ema is not None:
+                update_ema(ema, unwrap(generator), cfg.ema_decay)
             totals["loss_g"] += loss_g.item()
             totals["loss_l1"] += loss_l1.item()
             totals["loss_adv"] += loss_adv.item()
@@ -698,8 +728,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
         if is_main:
             if cfg.bn_recalibration_each_epoch:  # other ranks receive these buffers with DDP's next broadcast
-                recalibrate_batchnorm(unwrap(generator), train_set, device, cfg.bn_recalibration_each_epoch, cfg.batch_size)
-            metrics, outputs = validate(unwrap(generator), val_pairs, cfg, device)
+                recalibrate_batchnorm(evaluated(), train_set, device, cfg.bn_recalibration_each_epoch, cfg.batch_size)
+            metrics, outputs = validate(evaluated(), val_pairs, cfg, device)
             row = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - started, 1),
                    **{k: v / max(steps, 1) for k, v in totals.items()},
                    "val_psnr": metrics["psnr"], "val_psnr_std": metrics["psnr_std"], "val_ssim": metrics["ssim"],
@@ -715,7 +745,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                        val_pairs[shown][1], cfg, f"epoch {epoch + 1}: {format_summary(metrics, window, unit)}")
             if improves_on(metrics, best, cfg.select_on):
                 best, best_generator = record_best(metrics, epoch + 1)
-            save_checkpoint(checkpoint_path, epoch, generator, discriminator, opt_g, opt_d, cfg, best, best_generator)
+            save_checkpoint(checkpoint_path, epoch, generator, discriminator, opt_g, opt_d, cfg, best, best_generator, ema)
             print(f"epoch {epoch + 1}: {format_summary(metrics, window, unit)} | content {metrics['content_psnr']:.2f} dB "
                   f"(bias {metrics['content_bias']:+.1f}), x - n {metrics['x_minus_noise_psnr']:.2f} dB | input PSNR "
                   f"{baseline['psnr']:.2f} | {row['seconds']} s", flush=True)
@@ -726,7 +756,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if world > 1:
         print(f"rank {rank}: generator parameter checksum {result['checksum']:.12e}", flush=True)
     if is_main and cfg.export:
-        final = unwrap(generator)
+        final = evaluated()
         if best_generator is not None:  # export the epoch with the best validation PSNR (or SSIM)
             final.load_state_dict(best_generator)
         round_to_storage_precision(final)
