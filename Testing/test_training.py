@@ -520,3 +520,24 @@ def test_ema_run_validates_and_exports_the_average_and_resumes_it(scan, tmp_path
     assert distance(exported, state["generator"]) > 1e-2
     with pytest.raises(SystemExit):
         training.parse_args(tiny_args(scan, tmp_path / "bad", "--ema-decay", "1"))
+
+
+def test_pixel_loss_is_l1_or_the_mean_squared_error_of_each_term_and_an_mse_run_learns(scan, tmp_path):
+    torch.manual_seed(0)
+    clean, noisy = torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8)
+    denoised, content, noise = torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8)
+    terms = [(denoised, clean), (noise, noisy - clean), (content, clean)]
+    for kind, distance in (("l1", lambda a, b: (a - b).abs().mean()), ("mse", lambda a, b: ((a - b) ** 2).mean())):
+        cfg = training.TrainConfig(pixel_loss=kind, l1_denoised=3.0, l1_noise=5.0, l1_content=7.0)
+        expected = sum(w * distance(a, b) for w, (a, b) in zip((3.0, 5.0, 7.0), terms))
+        torch.testing.assert_close(training.pixel_loss(cfg, denoised, content, noise, noisy, clean), expected)
+    assert float(training.pixel_loss(training.TrainConfig(pixel_loss="mse"), denoised, content, noise, noisy, clean)) != \
+        float(training.pixel_loss(training.TrainConfig(), denoised, content, noise, noisy, clean))
+
+    out = tmp_path / "mse"
+    training.main(tiny_args(scan, out, "--epochs", "3", "--gan-loss", "none", "--pixel-loss", "mse", "--lr", "1e-3",
+                            "--samples-per-epoch", "32"))
+    losses = [float(r["loss_l1"]) for r in csv.DictReader(open(out / "log.csv"))]
+    assert losses[-1] < 0.8 * losses[0], losses
+    with pytest.raises(SystemExit):
+        training.parse_args(tiny_args(scan, tmp_path / "bad", "--pixel-loss", "l2"))

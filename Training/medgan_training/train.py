@@ -92,12 +92,15 @@ class TrainConfig:
     refine: bool = option(False, "Add the refinement network after the fusion (second paper).")
     disc_width: int = option(64, "PatchGAN discriminator width (32 halves its cost on a CPU).")
     # losses: adversarial + l1_denoised * L1(y, clean) + l1_noise * L1(n, x - clean) [+ l1_content * L1(c, clean)]
-    # [+ ssim_weight * (1 - SSIM(y, clean))]
+    # [+ ssim_weight * (1 - SSIM(y, clean))]; --pixel-loss mse puts the mean squared error where L1 is
     gan_loss: str = option("lsgan", "Adversarial loss: lsgan, bce, or none for L1 only.")
     adv_weight: float = option(1.0, "Weight of the adversarial term of the generator loss.")
     l1_denoised: float = option(100.0, "Weight of L1(denoised, clean).")
     l1_noise: float = option(100.0, "Weight of L1(estimated noise, noisy - clean).")
     l1_content: float = option(0.0, "Weight of L1(content branch, clean), a direct target for the content predictor.")
+    pixel_loss: str = option("l1", "Distance of the three pixel terms (--l1-denoised, --l1-noise, --l1-content): l1, "
+                             "or mse, the mean squared error that PSNR measures (L1 estimates the median of what a "
+                             "noisy pixel may hide, MSE its mean; a fine-tune of an L1-trained model, say).")
     ssim_weight: float = option(0.0, "Weight of 1 - SSIM(denoised, clean) (the evaluation's SSIM, over the evaluation "
                                 "window's range): keeps local contrast and texture that L1 alone smooths away.")
     warmup_epochs: int = option(0, "Epochs trained with the L1 terms only before the adversarial term starts.")
@@ -171,6 +174,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     if cfg.downscale < 1 or (cfg.downscale != 1 and cfg.variant == "unet"):
         parser.error("--downscale takes 1 or more, and only for --variant dncnn or srdensenet (a U-Net already "
                      "works at coarser grids)")
+    if cfg.pixel_loss not in ("l1", "mse"):
+        parser.error(f"--pixel-loss must be l1 or mse, got {cfg.pixel_loss!r}")
     if cfg.precision not in ("auto", "bf16", "fp32"):
         parser.error("--precision must be auto, bf16 or fp32")
     if cfg.bn_recalibration_batches < 0 or cfg.bn_recalibration_each_epoch < 0:
@@ -339,6 +344,17 @@ def evaluation_window_units(modality: str) -> tuple[float, float, float]:
         low, high = ((v - normalizer.offset) / normalizer.scale for v in CT_WINDOW)
         return low, high, -normalizer.offset / normalizer.scale
     return 0.0, 1.0, 0.0
+
+
+def pixel_loss(cfg: TrainConfig, denoised: torch.Tensor, content: torch.Tensor, noise: torch.Tensor,
+               noisy: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """The weighted pixel terms of the generator loss: the denoised output and the content branch
+    against the clean image, the noise branch against the true noise, in --pixel-loss's distance."""
+    distance = F.mse_loss if cfg.pixel_loss == "mse" else F.l1_loss
+    loss = cfg.l1_denoised * distance(denoised, clean) + cfg.l1_noise * distance(noise, noisy - clean)
+    if cfg.l1_content:
+        loss = loss + cfg.l1_content * distance(content, clean)
+    return loss
 
 
 def ssim_loss(denoised: torch.Tensor, clean: torch.Tensor, window: tuple[float, float, float]) -> torch.Tensor:
@@ -698,9 +714,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
                 denoised, content, noise = generator(noisy)  # float32 out: the fusion runs outside autocast
             true_noise = noisy - clean
-            loss_l1 = cfg.l1_denoised * F.l1_loss(denoised, clean) + cfg.l1_noise * F.l1_loss(noise, true_noise)
-            if cfg.l1_content:
-                loss_l1 = loss_l1 + cfg.l1_content * F.l1_loss(content, clean)
+            loss_l1 = pixel_loss(cfg, denoised, content, noise, noisy, clean)
             if cfg.ssim_weight:
                 loss_l1 = loss_l1 + cfg.ssim_weight * ssim_loss(denoised, clean, ssim_window)
             loss_adv = torch.zeros((), device=device)
