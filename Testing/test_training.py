@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -469,7 +470,7 @@ def test_recalibrating_batchnorm_before_each_validation_validates_what_export_wo
 
 def test_weight_average_follows_its_decay_and_takes_the_live_batchnorm_statistics():
     live = training.build_generator(variant="dncnn", predictor={"width": 4, "num_layers": 3})
-    average = training.copy.deepcopy(live)
+    average = copy.deepcopy(live)
     start = [p.detach().clone() for p in average.parameters()]
     steps = []
     for step in range(2):
@@ -498,7 +499,7 @@ def test_ema_run_validates_and_exports_the_average_and_resumes_it(scan, tmp_path
     assert max(float((live[k] - average[k]).abs().max()) for k in weights) > 1e-4
     best = json.loads(state["metrics"])
     assert best["ema_decay"] == 0.7
-    if best["epoch"] == 2:
+    if best["epoch"] == 2:  # the best epoch's recorded weights are that epoch's average (the one-epoch run below always checks it)
         for k in weights:
             torch.testing.assert_close(state["best_generator"][k], average[k], rtol=0, atol=0)
 
@@ -512,6 +513,9 @@ def test_ema_run_validates_and_exports_the_average_and_resumes_it(scan, tmp_path
     training.main(tiny_args(scan, tmp_path / "one", "--epochs", "1", "--export", str(export), "--model-id", "tiny-ema",
                             "--bn-recalibration-batches", "0", "--no-calibrate-fusion", *ema))
     state = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)
+    assert json.loads(state["metrics"])["epoch"] == 1  # a run from scratch records its first epoch as the best
+    for k in weights:
+        torch.testing.assert_close(state["best_generator"][k], state["ema_generator"][k], rtol=0, atol=0)
     exported = load_model(ModelRegistry.from_folders([export]).get("tiny-ema")).generator.state_dict()
     def distance(a: dict, b: dict) -> float:  # relative, so float16 storage rounding (~5e-4) stays small
         return max(float((a[k].float() - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-8)) for k in weights)
@@ -530,9 +534,9 @@ def test_pixel_loss_is_l1_or_the_mean_squared_error_of_each_term_and_an_mse_run_
     for kind, distance in (("l1", lambda a, b: (a - b).abs().mean()), ("mse", lambda a, b: ((a - b) ** 2).mean())):
         cfg = training.TrainConfig(pixel_loss=kind, l1_denoised=3.0, l1_noise=5.0, l1_content=7.0)
         expected = sum(w * distance(a, b) for w, (a, b) in zip((3.0, 5.0, 7.0), terms))
-        torch.testing.assert_close(training.pixel_loss(cfg, denoised, content, noise, noisy, clean), expected)
-    assert float(training.pixel_loss(training.TrainConfig(pixel_loss="mse"), denoised, content, noise, noisy, clean)) != \
-        float(training.pixel_loss(training.TrainConfig(), denoised, content, noise, noisy, clean))
+        torch.testing.assert_close(training.pixel_loss(cfg, denoised, content, noise, clean, noisy - clean), expected)
+    assert float(training.pixel_loss(training.TrainConfig(pixel_loss="mse"), denoised, content, noise, clean, noisy - clean)) != \
+        float(training.pixel_loss(training.TrainConfig(), denoised, content, noise, clean, noisy - clean))
 
     out = tmp_path / "mse"
     training.main(tiny_args(scan, out, "--epochs", "3", "--gan-loss", "none", "--pixel-loss", "mse", "--lr", "1e-3",

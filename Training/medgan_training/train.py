@@ -347,11 +347,11 @@ def evaluation_window_units(modality: str) -> tuple[float, float, float]:
 
 
 def pixel_loss(cfg: TrainConfig, denoised: torch.Tensor, content: torch.Tensor, noise: torch.Tensor,
-               noisy: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+               clean: torch.Tensor, true_noise: torch.Tensor) -> torch.Tensor:
     """The weighted pixel terms of the generator loss: the denoised output and the content branch
     against the clean image, the noise branch against the true noise, in --pixel-loss's distance."""
     distance = F.mse_loss if cfg.pixel_loss == "mse" else F.l1_loss
-    loss = cfg.l1_denoised * distance(denoised, clean) + cfg.l1_noise * distance(noise, noisy - clean)
+    loss = cfg.l1_denoised * distance(denoised, clean) + cfg.l1_noise * distance(noise, true_noise)
     if cfg.l1_content:
         loss = loss + cfg.l1_content * distance(content, clean)
     return loss
@@ -714,7 +714,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
                 denoised, content, noise = generator(noisy)  # float32 out: the fusion runs outside autocast
             true_noise = noisy - clean
-            loss_l1 = pixel_loss(cfg, denoised, content, noise, noisy, clean)
+            loss_l1 = pixel_loss(cfg, denoised, content, noise, clean, true_noise)
             if cfg.ssim_weight:
                 loss_l1 = loss_l1 + cfg.ssim_weight * ssim_loss(denoised, clean, ssim_window)
             loss_adv = torch.zeros((), device=device)
