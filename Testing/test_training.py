@@ -316,6 +316,43 @@ def test_init_from_starts_from_an_exported_model_and_refuses_another_architectur
     assert "unknown model 'no-such-model'" in capsys.readouterr().err
 
 
+def test_no_batch_norm_folds_a_batchnorm_dncnn_into_the_same_outputs_and_trains_on(scan, tmp_path, capsys):
+    dncnn = ("--variant", "dncnn", "--downscale", "2", "--depth", "4")
+    first = tmp_path / "first"
+    training.main(tiny_args(scan, tmp_path / "run1", *dncnn, "--epochs", "1", "--export", str(first),
+                            "--model-id", "tiny-bn"))
+    bn_model = load_model(ModelRegistry.from_folders([first]).get("tiny-bn")).generator.eval()
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in bn_model.modules())
+    cfg = training.parse_args(tiny_args(scan, tmp_path / "run2", *dncnn, "--no-batch-norm", "--init-from", str(first)))
+    folded = training.build_generator(**cfg.architecture())
+    folded.load_state_dict(training.starting_weights(training.initial_model_card(str(first), cfg), cfg))
+    folded.eval()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(2, 1, 24, 20)
+    with torch.no_grad():
+        for a, b in zip(bn_model(x), folded(x)):
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+
+    # the run: its epoch 0 (the folded start) validates as the BatchNorm model does, and the export
+    # is a BatchNorm-free DnCNN the registry rebuilds
+    second = tmp_path / "second"
+    capsys.readouterr()
+    training.main(tiny_args(scan, tmp_path / "run2", *dncnn, "--no-batch-norm", "--init-from", str(first),
+                            "--epochs", "2", "--export", str(second), "--model-id", "tiny-free"))
+    log = capsys.readouterr().out
+    card = ModelRegistry.from_folders([second]).get("tiny-free")
+    assert card.architecture["predictor"]["batch_norm"] is False
+    free = load_model(card).generator
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in free.modules())
+    start = ModelRegistry.from_folders([first]).get("tiny-bn").metrics["validation"]["psnr"]
+    epoch0 = float(re.search(r"epoch 0 \(--init-from [^)]*\): PSNR ([0-9.]+)", log).group(1))
+    assert abs(epoch0 - start) < 0.01, (epoch0, start)
+
+    with pytest.raises(SystemExit):
+        training.parse_args(tiny_args(scan, tmp_path / "run3", "--variant", "unet", "--no-batch-norm"))
+    assert "--no-batch-norm applies to --variant dncnn only" in capsys.readouterr().err
+
+
 def test_paired_folders_train(tmp_path):
     low_dir, high_dir = tmp_path / "low", tmp_path / "high"
     low_dir.mkdir()
@@ -373,6 +410,7 @@ def test_fusion_refit_is_the_best_convex_combination_on_training_patches(scan, t
     ("dncnn", {"width": 8, "num_layers": 5}),
     ("srdensenet", {"growth_rate": 4, "num_blocks": 2, "convs_per_block": 2, "bottleneck_width": 8}),
     ("dncnn", {"width": 8, "num_layers": 5, "downscale": 2}),
+    ("dncnn", {"width": 8, "num_layers": 5, "batch_norm": False}),
     ("srdensenet", {"growth_rate": 4, "num_blocks": 2, "convs_per_block": 2, "bottleneck_width": 8, "downscale": 2}),
 ])
 def test_each_predictor_variant_learns_in_a_few_steps(variant, predictor):

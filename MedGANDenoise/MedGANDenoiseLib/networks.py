@@ -102,6 +102,9 @@ class DnCNNPredictor(nn.Sequential):
     """DnCNN body: conv+LeakyReLU, (num_layers - 2) x conv+BN+LeakyReLU, conv to 1 channel.
 
     No global residual: in the complementary generator the noise predictor plays that role.
+    batch_norm=False gives the hidden convolutions a bias in place of BatchNorm (an nn.Identity
+    keeps the layer indices): the network a BatchNorm DnCNN becomes once its eval-mode statistics
+    are folded into its convolutions, so training then optimises exactly what inference runs.
     downscale=s > 1 runs the body on the s x s pixel-unshuffled image (FFDNet's reversible
     downsampling: s*s input channels at 1/s resolution, pixel-shuffled back): s times the receptive
     field and s*s times fewer pixels per layer, so a wider body costs what a narrow one does at full
@@ -109,7 +112,8 @@ class DnCNNPredictor(nn.Sequential):
     """
 
     def __init__(
-        self, in_channels: int = 1, out_channels: int = 1, width: int = 64, num_layers: int = 17, downscale: int = 1
+        self, in_channels: int = 1, out_channels: int = 1, width: int = 64, num_layers: int = 17, downscale: int = 1,
+        batch_norm: bool = True,
     ):
         if num_layers < 3:
             raise ValueError("DnCNN needs at least 3 layers")
@@ -120,8 +124,8 @@ class DnCNNPredictor(nn.Sequential):
         layers += [nn.Conv2d(in_channels * grid, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True)]
         for _ in range(num_layers - 2):
             layers += [
-                nn.Conv2d(width, width, 3, padding=1, bias=False),
-                nn.BatchNorm2d(width),
+                nn.Conv2d(width, width, 3, padding=1, bias=not batch_norm),
+                nn.BatchNorm2d(width) if batch_norm else nn.Identity(),
                 nn.LeakyReLU(0.2, inplace=True),
             ]
         layers.append(nn.Conv2d(width, out_channels * grid, 3, padding=1))
@@ -129,6 +133,7 @@ class DnCNNPredictor(nn.Sequential):
             layers.append(nn.PixelShuffle(downscale))
         super().__init__(*layers)
         self.size_multiple = downscale
+        self.normalization_free = not batch_norm  # He initialisation, as for SRDenseNet
 
     @property
     def output_layer(self) -> nn.Conv2d:

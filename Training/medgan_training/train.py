@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from MedGANDenoiseLib.engine import cpu_has_native_bf16, denoise_volume
-from MedGANDenoiseLib.networks import PatchDiscriminator, build_generator, init_weights
+from MedGANDenoiseLib.networks import PatchDiscriminator, build_generator, fold_batchnorm, init_weights
 from MedGANDenoiseLib.normalization import default_normalizer
 from MedGANDenoiseLib.registry import LoadedModel, ModelCard, ModelRegistry, load_model, normalize_modality, write_model
 
@@ -87,6 +87,10 @@ class TrainConfig:
     downscale: int = option(1, "DnCNN/SRDenseNet only: run the predictors on the N x N pixel-unshuffled image (FFDNet's "
                             "layout; N times the receptive field at the cost of a full-resolution body N*N times narrower "
                             "in pixels); 1 keeps full resolution.")
+    batch_norm: bool = option(True, "DnCNN only: BatchNorm in the hidden layers. --no-batch-norm gives them a bias "
+                              "instead, so that training optimises exactly the network inference runs (no batch "
+                              "statistics); with --init-from a BatchNorm DnCNN, its eval-mode statistics are folded into "
+                              "its convolutions first, which starts the run from the very outputs it had.")
     mode: str = option("both", "Generator: both predictors (both), or one for the ablations (content, noise).")
     residual_content: bool = option(True, "Content predictor outputs a correction added to the input (c = x + Pc(x)).")
     refine: bool = option(False, "Add the refinement network after the fusion (second paper).")
@@ -145,7 +149,8 @@ class TrainConfig:
             return {"base_width": self.width, **({"depth": self.depth} if self.depth else {})}
         grid = {"downscale": self.downscale} if self.downscale != 1 else {}
         if self.variant == "dncnn":
-            return {"width": self.width, **({"num_layers": self.depth} if self.depth else {}), **grid}
+            return {"width": self.width, **({"num_layers": self.depth} if self.depth else {}), **grid,
+                    **({} if self.batch_norm else {"batch_norm": False})}
         return {"growth_rate": self.width, **({"num_blocks": self.depth} if self.depth else {}), **grid}
 
     def architecture(self) -> dict[str, Any]:
@@ -174,6 +179,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     if cfg.downscale < 1 or (cfg.downscale != 1 and cfg.variant == "unet"):
         parser.error("--downscale takes 1 or more, and only for --variant dncnn or srdensenet (a U-Net already "
                      "works at coarser grids)")
+    if not cfg.batch_norm and cfg.variant != "dncnn":
+        parser.error("--no-batch-norm applies to --variant dncnn only (the U-Net keeps its BatchNorm; SRDenseNet has none)")
     if cfg.pixel_loss not in ("l1", "mse"):
         parser.error(f"--pixel-loss must be l1 or mse, got {cfg.pixel_loss!r}")
     if cfg.precision not in ("auto", "bf16", "fp32"):
@@ -507,11 +514,33 @@ def initial_model_card(spec: str, cfg: TrainConfig) -> ModelCard:
     if card.modality != cfg.modality:
         raise ValueError(f"--init-from {card.id}: a {card.modality} model, but --modality is {cfg.modality}")
     shapes = lambda arch: {k: tuple(v.shape) for k, v in build_generator(**arch).state_dict().items()}
-    if shapes(card.architecture) != shapes(cfg.architecture()):
+    if shapes(starting_architecture(card, cfg)) != shapes(cfg.architecture()):
         raise ValueError(f"--init-from {card.id}: its architecture {card.architecture} differs from this run's "
                          f"{cfg.architecture()}; set --variant, --width, --depth, --mode, --residual-content and "
                          "--refine to the model's")
     return card
+
+
+def folds_batchnorm(card: ModelCard, cfg: TrainConfig) -> bool:
+    """Whether --init-from starts this run from a BatchNorm DnCNN whose statistics are to be folded."""
+    return (cfg.variant == "dncnn" and not cfg.batch_norm and card.architecture.get("variant") == "dncnn"
+            and card.architecture.get("predictor", {}).get("batch_norm", True))
+
+
+def starting_architecture(card: ModelCard, cfg: TrainConfig) -> dict[str, Any]:
+    """The architecture of the --init-from model as this run starts from it (BatchNorm folded away)."""
+    if not folds_batchnorm(card, cfg):
+        return card.architecture
+    return {**card.architecture, "predictor": {**card.architecture.get("predictor", {}), "batch_norm": False}}
+
+
+def starting_weights(card: ModelCard, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """The --init-from model's weights, with its BatchNorm statistics folded into the convolutions
+    when this run trains the same DnCNN without BatchNorm (the outputs stay the same)."""
+    generator = load_model(card).generator.eval()
+    if folds_batchnorm(card, cfg):
+        generator = fold_batchnorm(generator)  # BatchNorm -> nn.Identity: the BatchNorm-free keys
+    return generator.state_dict()
 
 
 def git_commit() -> str:
@@ -638,7 +667,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     init_weights(discriminator)
     fine_tuning = bool(cfg.init_from) and not (cfg.resume and (out / "checkpoint.pt").is_file())
     if fine_tuning:
-        generator.load_state_dict(load_model(initial_model_card(cfg.init_from, cfg)).generator.state_dict())
+        generator.load_state_dict(starting_weights(initial_model_card(cfg.init_from, cfg), cfg))
     autocast_dtype = training_autocast_dtype(cfg.precision, device)
     ssim_window = evaluation_window_units(cfg.modality)
     fusion = list(generator.fusion.parameters()) if generator.fusion is not None else []
