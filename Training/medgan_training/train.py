@@ -516,8 +516,8 @@ def initial_model_card(spec: str, cfg: TrainConfig) -> ModelCard:
     shapes = lambda arch: {k: tuple(v.shape) for k, v in build_generator(**arch).state_dict().items()}
     if shapes(starting_architecture(card, cfg)) != shapes(cfg.architecture()):
         raise ValueError(f"--init-from {card.id}: its architecture {card.architecture} differs from this run's "
-                         f"{cfg.architecture()}; set --variant, --width, --depth, --mode, --residual-content and "
-                         "--refine to the model's")
+                         f"{cfg.architecture()}; set --variant, --width, --depth, --downscale, --mode, --residual-content, "
+                         "--refine and, for a BatchNorm-free DnCNN, --no-batch-norm to the model's")
     return card
 
 
