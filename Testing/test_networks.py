@@ -119,6 +119,19 @@ def test_initialisation_follows_the_method():
     assert torch.equal(generator.fusion.weight, torch.full_like(generator.fusion.weight, 0.5))
 
 
+def test_a_batchnorm_free_dncnn_gets_he_initialisation_and_a_zero_output_layer():
+    torch.manual_seed(0)
+    predictor = build_generator("dncnn", {"width": 64, "num_layers": 6, "batch_norm": False}).noise_predictor
+    convs = [m for m in predictor if isinstance(m, torch.nn.Conv2d)]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in predictor)
+    for conv in convs[1:-1]:  # He: std sqrt(2 / fan_in), fan_in = 64 * 3 * 3
+        assert abs(conv.weight.std().item() - (2 / (64 * 9)) ** 0.5) < 0.005
+        assert conv.bias is not None and conv.bias.abs().max().item() == 0
+    assert convs[-1].weight.abs().max().item() == 0, "the output layer starts at zero: the generator starts as the identity"
+    with_bn = build_generator("dncnn", {"width": 64, "num_layers": 6}).noise_predictor
+    assert abs([m for m in with_bn if isinstance(m, torch.nn.Conv2d)][1].weight.std().item() - 0.02) < 0.002
+
+
 def test_patch_discriminator_scores_a_grid_of_patches():
     scores = PatchDiscriminator(width=8)(torch.randn(2, 3, 64, 64))
     assert scores.shape[:2] == (2, 1) and scores.shape[2] > 1 and scores.shape[3] > 1

@@ -338,7 +338,7 @@ def test_no_batch_norm_folds_a_batchnorm_dncnn_into_the_same_outputs_and_trains_
     second = tmp_path / "second"
     capsys.readouterr()
     training.main(tiny_args(scan, tmp_path / "run2", *dncnn, "--no-batch-norm", "--init-from", str(first),
-                            "--epochs", "2", "--export", str(second), "--model-id", "tiny-free"))
+                            "--epochs", "2", "--ema-decay", "0.9", "--export", str(second), "--model-id", "tiny-free"))
     log = capsys.readouterr().out
     card = ModelRegistry.from_folders([second]).get("tiny-free")
     assert card.architecture["predictor"]["batch_norm"] is False
@@ -351,6 +351,10 @@ def test_no_batch_norm_folds_a_batchnorm_dncnn_into_the_same_outputs_and_trains_
     with pytest.raises(SystemExit):
         training.parse_args(tiny_args(scan, tmp_path / "run3", "--variant", "unet", "--no-batch-norm"))
     assert "--no-batch-norm applies to --variant dncnn only" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        training.parse_args(tiny_args(scan, tmp_path / "run3", *dncnn, "--no-batch-norm",
+                                      "--bn-recalibration-each-epoch", "5"))
+    assert "drop one of the two" in capsys.readouterr().err
 
 
 def test_paired_folders_train(tmp_path):
@@ -384,7 +388,7 @@ def test_fusion_refit_is_the_best_convex_combination_on_training_patches(scan, t
     weights = training.calibrate_fusion(generator, train_set, torch.device("cpu"), patches=16)
     assert generator.fusion.weight.flatten().tolist() == pytest.approx(weights[:2], abs=1e-6)
     assert 0 <= weights[0] <= 1 and weights[0] + weights[1] == pytest.approx(1.0)
-    assert float(generator.fusion.bias) == 0.0, "each branch is unbiased on its own: the fusion adds no constant"
+    assert float(generator.fusion.bias.detach()) == 0.0, "each branch is unbiased on its own: the fusion adds no constant"
 
     def mean_squared_errors() -> tuple[float, float, float]:
         fused, content, second = [], [], []

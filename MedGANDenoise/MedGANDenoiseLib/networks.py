@@ -341,7 +341,8 @@ class PatchDiscriminator(nn.Sequential):
 def init_weights(module: nn.Module, std: float = 0.02) -> None:
     """Conv weights ~ N(0, std), BatchNorm weight ~ N(1, std) and bias 0 (pix2pix / METHOD.md).
 
-    Submodules marked `normalization_free` (SRDenseNet, the refinement net) get He initialisation
+    Submodules marked `normalization_free` (SRDenseNet, the refinement net, a DnCNN built with
+    batch_norm=False) get He initialisation
     instead, which keeps their activations at scale without BatchNorm, except their `output_layer`,
     which starts at zero so that their residual outputs start at zero (with He or even N(0, 0.02)
     there, the branches started hundreds of HU off and training wandered). DnCNN's output layer

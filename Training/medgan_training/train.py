@@ -181,6 +181,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                      "works at coarser grids)")
     if not cfg.batch_norm and cfg.variant != "dncnn":
         parser.error("--no-batch-norm applies to --variant dncnn only (the U-Net keeps its BatchNorm; SRDenseNet has none)")
+    if not cfg.batch_norm and cfg.bn_recalibration_each_epoch:
+        parser.error("--bn-recalibration-each-epoch re-estimates BatchNorm statistics, which a --no-batch-norm DnCNN "
+                     "does not have: drop one of the two")
     if cfg.pixel_loss not in ("l1", "mse"):
         parser.error(f"--pixel-loss must be l1 or mse, got {cfg.pixel_loss!r}")
     if cfg.precision not in ("auto", "bf16", "fp32"):
