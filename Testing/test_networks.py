@@ -12,6 +12,7 @@ from MedGANDenoiseLib.networks import (
     build_generator,
     build_predictor,
     count_parameters,
+    widen_dncnn,
 )
 
 SMALL = {"unet": {"base_width": 4}, "dncnn": {"width": 8, "num_layers": 5}, "srdensenet": {"growth_rate": 4, "num_blocks": 2}}
@@ -177,3 +178,35 @@ def test_downscale_must_be_positive():
         build_predictor("dncnn", downscale=0)
     with pytest.raises(ValueError, match="downscale"):
         build_predictor("srdensenet", downscale=0)
+
+
+def test_widening_a_batchnorm_free_dncnn_keeps_its_outputs_and_lets_the_new_channels_learn():
+    def dncnn(width: int, mode: str = "both"):
+        return build_generator("dncnn", {"width": width, "num_layers": 5, "downscale": 2, "batch_norm": False},
+                               mode=mode, residual_content=True)
+
+    torch.manual_seed(0)
+    narrow = dncnn(6)
+    with torch.no_grad():  # a trained-looking model: every weight non-zero, the output layers included
+        for parameter in narrow.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    wide = widen_dncnn(narrow, dncnn(10))
+    x = torch.randn(2, 1, 24, 20)
+    with torch.no_grad():
+        for a, b in zip(narrow(x), wide(x)):
+            torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+    hidden = wide.noise_predictor[3].weight  # 10 x 10 x 3 x 3; the old block is [:6, :6]
+    torch.testing.assert_close(hidden[:6, :6], narrow.noise_predictor[3].weight)
+    assert hidden[6:].abs().sum() > 0, "the new channels keep a fresh initialisation"
+
+    # the zeros that keep the outputs are the ones training has to move: they get gradients
+    wide(x)[0].square().mean().backward()
+    assert hidden.grad[:6, 6:].abs().sum() > 0
+    assert wide.noise_predictor.output_layer.weight.grad[:, 6:].abs().sum() > 0
+
+    with pytest.raises(ValueError, match="BatchNorm-free DnCNN"):
+        widen_dncnn(build_generator("unet", SMALL["unet"]), build_generator("unet", {"base_width": 8}))
+    with pytest.raises(ValueError, match="differ in more than width"):
+        widen_dncnn(narrow, dncnn(10, mode="noise"))
+    with pytest.raises(ValueError, match="does not fit"):
+        widen_dncnn(dncnn(10), dncnn(6))

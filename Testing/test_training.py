@@ -357,6 +357,40 @@ def test_no_batch_norm_folds_a_batchnorm_dncnn_into_the_same_outputs_and_trains_
     assert "drop one of the two" in capsys.readouterr().err
 
 
+def test_a_larger_width_widens_a_batchnorm_free_dncnn_from_the_same_outputs(scan, tmp_path, capsys):
+    dncnn = ("--variant", "dncnn", "--downscale", "2", "--depth", "4", "--no-batch-norm")
+    narrow = tmp_path / "narrow"
+    training.main(tiny_args(scan, tmp_path / "run1", *dncnn, "--epochs", "1", "--export", str(narrow),
+                            "--model-id", "tiny-w4"))
+    wide_args = ("--width", "7", "--init-from", str(narrow))
+    cfg = training.parse_args(tiny_args(scan, tmp_path / "run2", *dncnn, *wide_args))
+    start = training.build_generator(**cfg.architecture())
+    start.load_state_dict(training.starting_weights(training.initial_model_card(str(narrow), cfg), cfg))
+    narrow_model = load_model(ModelRegistry.from_folders([narrow]).get("tiny-w4")).generator.eval()
+    x = torch.randn(2, 1, 24, 20)
+    with torch.no_grad():
+        for a, b in zip(narrow_model(x), start.eval()(x)):
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+
+    wide = tmp_path / "wide"
+    capsys.readouterr()
+    training.main(tiny_args(scan, tmp_path / "run2", *dncnn, *wide_args, "--epochs", "2", "--export", str(wide),
+                            "--model-id", "tiny-w7"))
+    log = capsys.readouterr().out
+    before = ModelRegistry.from_folders([narrow]).get("tiny-w4").metrics["validation"]["psnr"]
+    epoch0 = float(re.search(r"epoch 0 \(--init-from [^)]*\): PSNR ([0-9.]+)", log).group(1))
+    assert abs(epoch0 - before) < 0.01, (epoch0, before)
+    card = ModelRegistry.from_folders([wide]).get("tiny-w7")
+    assert card.architecture["predictor"]["width"] == 7
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in load_model(card).generator.modules())
+    trained = torch.load(tmp_path / "run2" / "checkpoint.pt", weights_only=True)["generator"]
+    assert trained["noise_predictor.3.weight"][:4, 4:].abs().sum() > 0, "training moved the zeros: new channels count"
+
+    with pytest.raises(SystemExit):  # narrowing is not offered
+        training.parse_args(tiny_args(scan, tmp_path / "run3", *dncnn, "--width", "3", "--init-from", str(wide)))
+    assert "a DnCNN widens with --no-batch-norm and a larger --width" in capsys.readouterr().err
+
+
 def test_paired_folders_train(tmp_path):
     low_dir, high_dir = tmp_path / "low", tmp_path / "high"
     low_dir.mkdir()

@@ -395,3 +395,36 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
                     child[i + 1] = nn.Identity()
         fold_batchnorm(child)
     return module
+
+
+def widen_dncnn(narrow: nn.Module, wide: nn.Module) -> nn.Module:
+    """Copy a BatchNorm-free DnCNN generator into a wider one (in place) without changing its outputs.
+
+    Net2Net-style: each convolution's old block keeps its weights and the new channels keep the
+    wide model's fresh initialisation, except the weights from new channels into old ones, which
+    are set to zero. The old channels then see only old channels, layer after layer, so the wide
+    network computes exactly what the narrow one did; the new channels join in as training moves
+    those zeros. Valid for a plain convolution chain (DnCNN), where channel k of one layer feeds
+    the next layer only through its input channel k.
+    """
+    for model in (narrow, wide):
+        predictors = [p for p in (model.content_predictor, model.noise_predictor) if p is not None]
+        if not predictors or not all(isinstance(p, DnCNNPredictor) and p.normalization_free for p in predictors):
+            raise ValueError("widen_dncnn takes generators whose predictors are BatchNorm-free DnCNNs")
+    narrow_state = narrow.state_dict()
+    wide_state = wide.state_dict()
+    if narrow_state.keys() != wide_state.keys():
+        raise ValueError("the two generators differ in more than width (layers, mode or refinement)")
+    with torch.no_grad():
+        for key, old in narrow_state.items():
+            new = wide_state[key]
+            if new.dim() != old.dim() or any(n < o for n, o in zip(new.shape, old.shape)):
+                raise ValueError(f"{key}: {tuple(old.shape)} does not fit in {tuple(new.shape)}")
+            out_old = old.shape[0]
+            if new.dim() == 4:
+                in_old = old.shape[1]
+                new[:out_old, :in_old] = old
+                new[:out_old, in_old:] = 0
+            else:
+                new[:out_old] = old
+    return wide

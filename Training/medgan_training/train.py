@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from MedGANDenoiseLib.engine import cpu_has_native_bf16, denoise_volume
-from MedGANDenoiseLib.networks import PatchDiscriminator, build_generator, fold_batchnorm, init_weights
+from MedGANDenoiseLib.networks import PatchDiscriminator, build_generator, fold_batchnorm, init_weights, widen_dncnn
 from MedGANDenoiseLib.normalization import default_normalizer
 from MedGANDenoiseLib.registry import LoadedModel, ModelCard, ModelRegistry, load_model, normalize_modality, write_model
 
@@ -90,7 +90,9 @@ class TrainConfig:
     batch_norm: bool = option(True, "DnCNN only: BatchNorm in the hidden layers. --no-batch-norm gives them a bias "
                               "instead, so that training optimises exactly the network inference runs (no batch "
                               "statistics); with --init-from a BatchNorm DnCNN, its eval-mode statistics are folded into "
-                              "its convolutions first, which starts the run from the very outputs it had.")
+                              "its convolutions first, which starts the run from the very outputs it had; with --init-from a "
+                              "narrower DnCNN and a larger --width, its weights are embedded in the wider network "
+                              "(new channels start with no effect on the output), again from the same outputs.")
     mode: str = option("both", "Generator: both predictors (both), or one for the ablations (content, noise).")
     residual_content: bool = option(True, "Content predictor outputs a correction added to the input (c = x + Pc(x)).")
     refine: bool = option(False, "Add the refinement network after the fusion (second paper).")
@@ -520,7 +522,8 @@ def initial_model_card(spec: str, cfg: TrainConfig) -> ModelCard:
     if shapes(starting_architecture(card, cfg)) != shapes(cfg.architecture()):
         raise ValueError(f"--init-from {card.id}: its architecture {card.architecture} differs from this run's "
                          f"{cfg.architecture()}; set --variant, --width, --depth, --downscale, --mode, --residual-content, "
-                         "--refine and, for a BatchNorm-free DnCNN, --no-batch-norm to the model's")
+                         "--refine and, for a BatchNorm-free DnCNN, --no-batch-norm to the model's (a DnCNN widens "
+                         "with --no-batch-norm and a larger --width)")
     return card
 
 
@@ -530,19 +533,33 @@ def folds_batchnorm(card: ModelCard, cfg: TrainConfig) -> bool:
             and card.architecture.get("predictor", {}).get("batch_norm", True))
 
 
+def widens(card: ModelCard, cfg: TrainConfig) -> bool:
+    """Whether --init-from starts this BatchNorm-free DnCNN run from a narrower DnCNN (widened first)."""
+    predictor = card.architecture.get("predictor", {})
+    return (cfg.variant == "dncnn" and not cfg.batch_norm and card.architecture.get("variant") == "dncnn"
+            and predictor.get("width", 64) < cfg.width)
+
+
 def starting_architecture(card: ModelCard, cfg: TrainConfig) -> dict[str, Any]:
-    """The architecture of the --init-from model as this run starts from it (BatchNorm folded away)."""
-    if not folds_batchnorm(card, cfg):
-        return card.architecture
-    return {**card.architecture, "predictor": {**card.architecture.get("predictor", {}), "batch_norm": False}}
+    """The architecture of the --init-from model as this run starts from it (BatchNorm folded away,
+    widened to --width)."""
+    predictor = dict(card.architecture.get("predictor", {}))
+    if folds_batchnorm(card, cfg):
+        predictor["batch_norm"] = False
+    if widens(card, cfg):
+        predictor["width"] = cfg.width
+    return {**card.architecture, "predictor": predictor}
 
 
 def starting_weights(card: ModelCard, cfg: TrainConfig) -> dict[str, torch.Tensor]:
     """The --init-from model's weights, with its BatchNorm statistics folded into the convolutions
-    when this run trains the same DnCNN without BatchNorm (the outputs stay the same)."""
+    when this run trains the same DnCNN without BatchNorm, and embedded in a wider DnCNN when --width
+    is larger than the model's (the outputs stay the same either way)."""
     generator = load_model(card).generator.eval()
     if folds_batchnorm(card, cfg):
         generator = fold_batchnorm(generator)  # BatchNorm -> nn.Identity: the BatchNorm-free keys
+    if widens(card, cfg):
+        generator = widen_dncnn(generator, build_generator(**cfg.architecture()))
     return generator.state_dict()
 
 
