@@ -206,6 +206,8 @@ def test_widening_a_batchnorm_free_dncnn_keeps_its_outputs_and_lets_the_new_chan
 
     with pytest.raises(ValueError, match="BatchNorm-free DnCNN"):
         widen_dncnn(build_generator("unet", SMALL["unet"]), build_generator("unet", {"base_width": 8}))
+    with pytest.raises(ValueError, match="BatchNorm-free DnCNN"):  # BatchNorm statistics must be folded first
+        widen_dncnn(build_generator("dncnn", SMALL["dncnn"]), dncnn(10))
     with pytest.raises(ValueError, match="differ in more than width"):
         widen_dncnn(narrow, dncnn(10, mode="noise"))
     with pytest.raises(ValueError, match="does not fit"):

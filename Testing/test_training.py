@@ -357,11 +357,13 @@ def test_no_batch_norm_folds_a_batchnorm_dncnn_into_the_same_outputs_and_trains_
     assert "drop one of the two" in capsys.readouterr().err
 
 
-def test_a_larger_width_widens_a_batchnorm_free_dncnn_from_the_same_outputs(scan, tmp_path, capsys):
+@pytest.mark.parametrize("narrow_has_batch_norm", [False, True])  # True: folded, then widened
+def test_a_larger_width_widens_a_batchnorm_free_dncnn_from_the_same_outputs(scan, tmp_path, capsys,
+                                                                            narrow_has_batch_norm):
     dncnn = ("--variant", "dncnn", "--downscale", "2", "--depth", "4", "--no-batch-norm")
     narrow = tmp_path / "narrow"
-    training.main(tiny_args(scan, tmp_path / "run1", *dncnn, "--epochs", "1", "--export", str(narrow),
-                            "--model-id", "tiny-w4"))
+    training.main(tiny_args(scan, tmp_path / "run1", *dncnn[:-1] if narrow_has_batch_norm else dncnn, "--epochs", "1",
+                            "--export", str(narrow), "--model-id", "tiny-w4"))
     wide_args = ("--width", "7", "--init-from", str(narrow))
     cfg = training.parse_args(tiny_args(scan, tmp_path / "run2", *dncnn, *wide_args))
     start = training.build_generator(**cfg.architecture())

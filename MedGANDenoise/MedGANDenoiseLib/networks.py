@@ -409,7 +409,8 @@ def widen_dncnn(narrow: nn.Module, wide: nn.Module) -> nn.Module:
     """
     for model in (narrow, wide):
         predictors = [p for p in (model.content_predictor, model.noise_predictor) if p is not None]
-        if not predictors or not all(isinstance(p, DnCNNPredictor) and p.normalization_free for p in predictors):
+        if not predictors or not all(isinstance(p, DnCNNPredictor) for p in predictors) or any(
+            isinstance(m, nn.BatchNorm2d) for p in predictors for m in p.modules()):  # folded ones pass
             raise ValueError("widen_dncnn takes generators whose predictors are BatchNorm-free DnCNNs")
     narrow_state = narrow.state_dict()
     wide_state = wide.state_dict()
