@@ -403,9 +403,9 @@ def widen_dncnn(narrow: nn.Module, wide: nn.Module) -> nn.Module:
     Net2Net-style: each convolution's old block keeps its weights and the new channels keep the
     wide model's fresh initialisation, except the weights from new channels into old ones, which
     are set to zero. The old channels then see only old channels, layer after layer, so the wide
-    network computes what the narrow one did (to float rounding); the new channels join in as training moves
-    those zeros. Valid for a plain convolution chain (DnCNN), where channel k of one layer feeds
-    the next layer only through its input channel k.
+    network computes what the narrow one did (to float rounding); the new channels join in as
+    training moves those zeros. Valid for a plain convolution chain (DnCNN, BatchNorm folded or
+    absent), where channel k of one layer feeds the next layer only through its input channel k.
     """
     for model in (narrow, wide):
         predictors = [p for p in (model.content_predictor, model.noise_predictor) if p is not None]
