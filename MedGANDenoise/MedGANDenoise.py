@@ -497,7 +497,7 @@ class MedGANDenoiseLogic(ScriptedLoadableModuleLogic):
         Slicer's process) with the model modelId (e.g. "ct-dncnn-w48"; default: the
         first model of the modality and variant; a modelId brings its own variant). progressCallback(percent, 100) follows the run; setting cancelEvent
         (a threading.Event) stops it: DenoiseCancelled is raised and the scene is left as it
-        was. ensemble 4 or 8 averages the model's outputs over that many flips and rotations of
+        was. ensemble 2, 4 or 8 averages the model's outputs over that many flips and rotations of
         each slice (N times the time). Errors are ValueErrors with a message saying what to do.
         """
         if inputVolume is None:

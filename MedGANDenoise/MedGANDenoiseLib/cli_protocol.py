@@ -19,7 +19,7 @@ MODALITY_CHOICES = ("Auto", "CT", "MR", "PET", "XRAY", "US")
 SLICE_AXES = {"K (slices)": 0, "J": 1, "I": 2}  # numpy (k, j, i) axis the 2-D slices are taken across
 CLI_AXES = {"K": 0, "J": 1, "I": 2}
 # the panel's self-ensemble choices -> the engine's ensemble size (denoise_volume's `ensemble`)
-ENSEMBLE_CHOICES = {"Off": 1, "4 mirrorings (4x time)": 4, "8 flips and rotations (8x time)": 8}
+ENSEMBLE_CHOICES = {"Off": 1, "2: the slice and its mirror image (2x time)": 2, "4 mirrorings (4x time)": 4, "8 flips and rotations (8x time)": 8}
 REPORT_PARAMETER = "runReport"
 
 
