@@ -362,7 +362,7 @@ def test_a_larger_width_widens_a_batchnorm_free_dncnn_from_the_same_outputs(scan
                                                                             narrow_has_batch_norm):
     dncnn = ("--variant", "dncnn", "--downscale", "2", "--depth", "4", "--no-batch-norm")
     narrow = tmp_path / "narrow"
-    training.main(tiny_args(scan, tmp_path / "run1", *dncnn[:-1] if narrow_has_batch_norm else dncnn, "--epochs", "1",
+    training.main(tiny_args(scan, tmp_path / "run1", *(dncnn[:-1] if narrow_has_batch_norm else dncnn), "--epochs", "1",
                             "--export", str(narrow), "--model-id", "tiny-w4"))
     wide_args = ("--width", "7", "--init-from", str(narrow))
     cfg = training.parse_args(tiny_args(scan, tmp_path / "run2", *dncnn, *wide_args))

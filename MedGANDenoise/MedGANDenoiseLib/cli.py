@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--strength", type=float, default=1.0, help="fraction of the estimated noise to remove, 0..1 (default: 1)")
     parser.add_argument("--ensemble", type=int, default=1, choices=ENSEMBLE_SIZES,
                         help="self-ensemble: average the outputs over N flips and 90-degree rotations of each slice "
-                             "(2: the slice and its mirror image, 4: the mirrorings, 8: with the rotations); N times the time for a slightly better estimate "
+                             "(2: the slice and its mirror image, 4: the mirrorings, 8: with the rotations); N times "
+                             "the time for a slightly better estimate "
                              "(default: 1, off)")
     series = parser.add_mutually_exclusive_group()
     series.add_argument("--series", help="the DICOM series UID to denoise when a folder holds several")

@@ -193,7 +193,8 @@ def denoise_volume(
     ensemble: 1 (default) runs the network once per slice; 2, 4 or 8 average its outputs over that
     many flips and 90-degree rotations of the slice (self-ensemble, as nnU-Net mirrors at test
     time): N times the time, a smoother estimate (+0.04 dB on the real quarter-dose CT slice with
-    2, +0.06-0.07 dB with 4, measured in the README), and an output that follows the slice when it is mirrored.
+    2, +0.06-0.07 dB with 4, measured in the README), and an output that follows the slice when it
+    is mirrored.
     CT voxels outside the scanner's field of view (below CT_PADDING_BELOW_HU) are shown to the
     network as air and returned untouched (noise 0).
     progress(done, total) is called after each batch; should_cancel() is checked before each

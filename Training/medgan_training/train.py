@@ -527,17 +527,20 @@ def initial_model_card(spec: str, cfg: TrainConfig) -> ModelCard:
     return card
 
 
+def _batchnorm_free_dncnn_from_a_dncnn(card: ModelCard, cfg: TrainConfig) -> bool:
+    return cfg.variant == "dncnn" and not cfg.batch_norm and card.architecture.get("variant") == "dncnn"
+
+
 def folds_batchnorm(card: ModelCard, cfg: TrainConfig) -> bool:
     """Whether --init-from starts this run from a BatchNorm DnCNN whose statistics are to be folded."""
-    return (cfg.variant == "dncnn" and not cfg.batch_norm and card.architecture.get("variant") == "dncnn"
+    return (_batchnorm_free_dncnn_from_a_dncnn(card, cfg)
             and card.architecture.get("predictor", {}).get("batch_norm", True))
 
 
 def widens(card: ModelCard, cfg: TrainConfig) -> bool:
     """Whether --init-from starts this BatchNorm-free DnCNN run from a narrower DnCNN (widened first)."""
-    predictor = card.architecture.get("predictor", {})
-    return (cfg.variant == "dncnn" and not cfg.batch_norm and card.architecture.get("variant") == "dncnn"
-            and predictor.get("width", 64) < cfg.width)
+    return (_batchnorm_free_dncnn_from_a_dncnn(card, cfg)
+            and card.architecture.get("predictor", {}).get("width", 64) < cfg.width)
 
 
 def starting_architecture(card: ModelCard, cfg: TrainConfig) -> dict[str, Any]:
