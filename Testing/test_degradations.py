@@ -89,6 +89,36 @@ def test_ct_noise_lowfreq_moves_power_to_coarse_grain_at_the_same_hu_level():
         simulate_ct_noise(phantom, 30.0, lowfreq=1.5, rng=np.random.default_rng(0), num_views=32)
 
 
+def test_tube_current_modulation_and_a_bowtie_even_out_the_noise_at_the_same_hu_level():
+    phantom = body_phantom(160)  # wider than tall: the lateral views cross more tissue
+    body = (phantom > -150) & (phantom < 250)
+
+    def noise(tcm: float, bowtie: float) -> np.ndarray:
+        rng = np.random.default_rng(4)
+        return np.stack([simulate_ct_noise(phantom, 30.0, kernel="hann", pixel_size_mm=2.5, num_views=128, rng=rng,
+                                           tube_current_modulation=tcm, bowtie=bowtie) - phantom for _ in range(4)])
+
+    def streakiness(n: np.ndarray) -> float:  # |log| of the ratio of horizontal to vertical differences
+        gx = np.diff(n, axis=2)[:, body[:, 1:] & body[:, :-1]].std()
+        gy = np.diff(n, axis=1)[:, body[1:, :] & body[:-1, :]].std()
+        return abs(float(np.log(gx / gy)))
+
+    def edge_to_centre(n: np.ndarray) -> float:
+        return float(n[:, 75:85, 25:35].std() / n[:, 75:85, 75:85].std())
+
+    plain, modulated, bowtie = noise(0, 0), noise(1, 0), noise(0, 3)
+    for n in (plain, modulated, bowtie, noise(1, 3)):
+        assert [soft_tissue_noise_hu(phantom + one, phantom) for one in n] == pytest.approx([30.0] * 4, rel=1e-3)
+    assert streakiness(modulated) < 0.7 * streakiness(plain), (streakiness(modulated), streakiness(plain))
+    assert edge_to_centre(bowtie) > 1.03 * edge_to_centre(plain), (edge_to_centre(bowtie), edge_to_centre(plain))
+    spec = make_degradation("ct_noise:hu=25,kernel=hann,tcm=0-1,bowtie=0-3")
+    assert spec(phantom, np.random.default_rng(0)).shape == phantom.shape
+    with pytest.raises(ValueError, match="tube_current_modulation is an exponent"):
+        simulate_ct_noise(phantom, 30.0, tube_current_modulation=1.5, rng=np.random.default_rng(0), num_views=32)
+    with pytest.raises(ValueError, match="bowtie is an attenuation"):
+        simulate_ct_noise(phantom, 30.0, bowtie=-1, rng=np.random.default_rng(0), num_views=32)
+
+
 def test_reconstruction_windows_start_at_one_and_refuse_unknown_kernels():
     f = np.linspace(0, 0.5, 11)
     for kernel in ("ramp", "shepp-logan", "cosine", "hann"):

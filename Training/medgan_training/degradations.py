@@ -5,7 +5,8 @@ One function per degradation, plus `make_degradation(spec)` that builds a callab
 
     kind[:name=value[,name=value...]]      a value "a-b" is drawn uniformly per call
 
-    ct_noise:hu=10-60[,kernel=any,cutoff=0.7-1,pixel=0,views=256,lowfreq=0]   projection-domain CT noise calibrated in HU
+    ct_noise:hu=10-60[,kernel=any,cutoff=0.7-1,pixel=0,views=256,lowfreq=0,tcm=0,bowtie=0]
+                                           projection-domain CT noise calibrated in HU
     ct_low_dose:dose=0.1-0.5[,photons=1e5,electronic=10,angles=0]   projection-domain low-dose CT (HU in, HU out)
     pet_counts:fraction=0.05-0.5[,counts=8e5,recon=osem,iterations=2,subsets=16,smooth=4,views=0]
                                            count thinning in the projection domain (counts: a full-count slice's total)
@@ -210,6 +211,8 @@ def simulate_ct_noise(
     num_views: int = 256,
     mu_water_per_mm: float = 0.0188,
     lowfreq: float = 0.0,
+    tube_current_modulation: float = 0.0,
+    bowtie: float = 0.0,
     rng: np.random.Generator,
 ) -> np.ndarray:
     """Low-dose CT noise made in the projection domain and calibrated in HU.
@@ -227,6 +230,12 @@ def simulate_ct_noise(
     blurred by a 1-pixel Gaussian, scaled by the local level of the reconstructed noise so it
     follows the same spatial pattern): real scanner noise has more power at low frequencies than
     filtered back-projection of white sinogram noise gives (see medgan-evaluate's nps.png).
+    Two features of clinical scanners make real noise more even than that of a constant beam:
+    `tube_current_modulation` (0..1) scales each view's tube current by its mean transmitted
+    variance to that power (1: every view contributes the same mean variance, as angular dose
+    modulation aims for; it weakens the streaks along the body's long axis), and `bowtie` (>= 0)
+    is a bowtie filter's attenuation, bowtie * t**2 in line-integral units at detector offset t
+    (-1..1 across the field), which lowers the flux, so raises the noise, towards the periphery.
     """
     import torch
     import torch.nn.functional as F
@@ -236,6 +245,10 @@ def simulate_ct_noise(
         raise ValueError(f"the noise level must be positive, got {noise_hu} HU")
     if not 0 <= lowfreq <= 1:
         raise ValueError(f"lowfreq is a share of the noise variance, 0..1; got {lowfreq}")
+    if not 0 <= tube_current_modulation <= 1:
+        raise ValueError(f"tube_current_modulation is an exponent, 0..1; got {tube_current_modulation}")
+    if bowtie < 0:
+        raise ValueError(f"bowtie is an attenuation, >= 0; got {bowtie}")
     height, width = hu.shape
     n = int(np.ceil(np.hypot(height, width))) + 2
     n += n % 2
@@ -247,7 +260,11 @@ def simulate_ct_noise(
         coarse = F.avg_pool2d(torch.from_numpy(mu)[None, None], 2)
         integrals = _parallel_projections(coarse, angles) * (2 * pixel_size_mm)
         integrals = F.interpolate(integrals[:, None], size=n, mode="linear", align_corners=False)[:, 0]
-        noise = torch.from_numpy(rng.standard_normal((num_views, n)).astype(np.float32)) * torch.exp(integrals / 2)
+        offset = torch.linspace(-1.0, 1.0, n, dtype=torch.float32)
+        amplitude = torch.exp((integrals + bowtie * offset**2) / 2)  # the standard deviation of a reading
+        if tube_current_modulation > 0:
+            amplitude = amplitude / (amplitude**2).mean(dim=1, keepdim=True) ** (tube_current_modulation / 2)
+        noise = torch.from_numpy(rng.standard_normal((num_views, n)).astype(np.float32)) * amplitude
         image = _back_projection(_ramp_filtered(noise, kernel, cutoff), angles, height, width).numpy()
     tissue = (hu > -150) & (hu < 250)
     if tissue.sum() < 200:
@@ -552,7 +569,8 @@ def add_salt_and_pepper(image: np.ndarray, amount: float, *, rng: np.random.Gene
 # ---------------------------------------------------------------- specs
 # kind -> (parameter defaults). A default written as a tuple is a range drawn per call.
 _DEFAULTS: dict[str, dict[str, float | str | tuple[float, float]]] = {
-    "ct_noise": {"hu": (10.0, 60.0), "kernel": "any", "cutoff": (0.7, 1.0), "pixel": 0.0, "views": 256, "lowfreq": 0.0},
+    "ct_noise": {"hu": (10.0, 60.0), "kernel": "any", "cutoff": (0.7, 1.0), "pixel": 0.0, "views": 256, "lowfreq": 0.0,
+                 "tcm": 0.0, "bowtie": 0.0},
     "ct_low_dose": {"dose": (0.1, 0.5), "photons": 1e5, "electronic": 10.0, "angles": 0},
     "pet_counts": {"fraction": (0.05, 0.5), "counts": PET_FULL_COUNTS, "recon": "osem", "iterations": 2, "subsets": 16,
                    "smooth": 4.0, "views": 0},
@@ -629,7 +647,7 @@ class Degradation:
             kernel = str(rng.choice(CT_KERNELS)) if p["kernel"] == "any" else p["kernel"]
             return simulate_ct_noise(image, p["hu"], kernel=kernel, cutoff=p["cutoff"], rng=rng,
                                      pixel_size_mm=p["pixel"] or pixel_size_mm, num_views=int(p["views"]),
-                                     lowfreq=p["lowfreq"])
+                                     lowfreq=p["lowfreq"], tube_current_modulation=p["tcm"], bowtie=p["bowtie"])
         if kind == "ct_low_dose":
             return simulate_low_dose_ct(image, p["dose"], pixel_size_mm=pixel_size_mm, full_dose_photons=p["photons"],
                                         electronic_noise_std=p["electronic"], num_angles=int(p["angles"]), rng=rng)

@@ -17,7 +17,8 @@ Methods (--methods, comma-separated; default all):
   model        the models (--model ID, repeatable; default every registered model of the modality),
                with each generator branch on its own (content c and x - n) unless --no-branches
 (*) an oracle: tuned for the best PSNR against the clean reference, which a user does not have.
-The tuning runs on central crops of a few slices; see medgan_training/baselines.py.
+The tuning runs on central crops of a few slices (of every slice, each for itself, with
+--tune-per-slice: for a stack of slices of different scans); see medgan_training/baselines.py.
 
 Writes table.md (mean +- std PSNR, SSIM, RMSE and bias over slices, seconds per slice),
 metrics.json and comparison.png to --out (default output/evaluate). CT is measured at the
@@ -106,6 +107,7 @@ def evaluate(
     device: str = "auto",
     tune_slices: int = 3,
     tune_crop: int = 256,
+    tune_per_slice: bool = False,
     strength: float = 1.0,
     ensemble: int = 1,
     log=print,
@@ -113,8 +115,9 @@ def evaluate(
     """Metrics per method on a (slices, H, W) stack; returns (summaries, outputs, window). The
     models remove `strength` of their estimated noise, averaged over `ensemble` flips and rotations
     of each slice (their branch rows are always whole and single-pass).
-    Each summary holds mean and std of PSNR, SSIM, RMSE and bias, seconds_per_slice, setting
-    and, for oracle-tuned baselines, oracle=True and the search's details."""
+    Each summary holds mean and std of PSNR, SSIM, RMSE and bias, their values per slice
+    (per_slice), seconds_per_slice, setting and, for oracle-tuned baselines, oracle=True and the
+    search's details (tuned on a few slices, or on each with `tune_per_slice`)."""
     modality = normalize_modality(modality)
     window = window_for(modality, clean)
     scaling = scaling_for(modality, clean)
@@ -126,7 +129,8 @@ def evaluate(
     for key in (m for m in methods if m in BASELINES):
         baseline = BASELINES[key]
         log(f"{baseline.label} ...")
-        run = baseline.run(noisy, clean, scaling, window, tune_slices=tune_slices, tune_crop=tune_crop)
+        run = baseline.run(noisy, clean, scaling, window, tune_slices=tune_slices, tune_crop=tune_crop,
+                           per_slice=tune_per_slice)
         outputs[baseline.label] = run.denoised
         extra[baseline.label] = {"method": key, "seconds_per_slice": run.seconds_per_slice, "setting": run.setting,
                                  "oracle": baseline.oracle, "details": run.details}
@@ -150,7 +154,9 @@ def evaluate(
                                                   "setting": "fp32, one branch alone", "oracle": False}
     summaries = {}
     for name, stack in outputs.items():
-        summaries[name] = {**summarize([slice_metrics(o, c, window) for o, c in zip(stack, clean)]), **extra[name]}
+        per_slice = [slice_metrics(o, c, window) for o, c in zip(stack, clean)]
+        summaries[name] = {**summarize(per_slice), **extra[name],
+                           "per_slice": {key: [m[key] for m in per_slice] for key in per_slice[0]}}
     return summaries, outputs, window
 
 
@@ -169,7 +175,7 @@ def markdown_table(summaries: dict[str, dict], window: Window, unit: str) -> str
                      f"{s['bias']:+.2f} +- {s['bias_std']:.2f} | {seconds} |")
     if any(s.get("oracle") for s in summaries.values()):
         lines += ["", f"(*) {ORACLE_NOTE}: an upper bound for that filter, not what a user gets. The search ran on "
-                      "central crops of a few slices; s/slice is the time to apply the chosen setting. Sigmas and "
+                      "central crops of a few slices (or of each slice for that slice); s/slice is the time to apply the chosen setting. Sigmas and "
                       "weights are in the image's units (HU for CT), averaged over slices."]
     return "\n".join(lines) + "\n"
 
@@ -314,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-classical", action="store_true", help="Skip the classical baselines (same as --methods noisy,model).")
     parser.add_argument("--tune-slices", type=int, default=3, help="Slices the oracle search uses (spread over the stack).")
     parser.add_argument("--tune-crop", type=int, default=256, help="Side of the central crop the oracle search uses.")
+    parser.add_argument("--tune-per-slice", action="store_true",
+                        help="Tune each oracle on every slice for that slice alone (the stronger oracle where the "
+                             "slices come from different scans or patients; default: one setting for the stack).")
     parser.add_argument("--device", default="auto", help="Device of the models: auto, cpu, cuda or mps.")
     parser.add_argument("--strength", type=float, default=1.0,
                         help="Share of their estimated noise the models remove, 0..1, as medgan-denoise --strength (default: 1).")
@@ -337,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         summaries, outputs, window = evaluate(noisy, clean, modality, methods=methods, models=args.models,
                                               models_dirs=tuple(args.models_dir), branches=not args.no_branches,
                                               device=args.device, tune_slices=args.tune_slices, tune_crop=args.tune_crop,
-                                              strength=args.strength, ensemble=args.ensemble)
+                                              tune_per_slice=args.tune_per_slice, strength=args.strength,
+                                              ensemble=args.ensemble)
     except (ValueError, OSError) as error:
         print(f"medgan-evaluate: error: {error}", file=sys.stderr)
         return 2
