@@ -131,6 +131,12 @@ def test_per_slice_tuning_gives_each_slice_of_a_mixed_stack_its_own_best_setting
     row = summaries[cad.label]
     assert row["per_slice"]["psnr"] == pytest.approx(psnr(each))
     assert row["psnr"] == pytest.approx(np.mean(psnr(each)))
+    table = evaluate.per_slice_table(summaries).splitlines()
+    assert table[2] == "| method | slice 0 | slice 1 |"
+    cad_row = next(line for line in table if line.startswith(f"| {cad.label} |"))
+    expected = [f"{p:.2f} / {q:.3f}" for p, q in zip(row["per_slice"]["psnr"], row["per_slice"]["ssim"])]
+    assert cad_row.strip("| ").split(" | ") == [cad.label, *expected]
+    assert evaluate.per_slice_table({name: {**s, "slices": 1} for name, s in summaries.items()}) == ""
 
 
 def test_every_method_has_a_row_in_the_table(tiny_model_dir):

@@ -221,7 +221,10 @@ def test_zoom_adds_each_training_image_at_a_coarser_pixel_and_leaves_validation_
     assert val_pairs[0].clean.shape == (96, 128)
     with pytest.raises(ValueError, match="smaller than the 32-pixel patches"):
         training.build_training_data(training.parse_args(args[:-1] + ["1,0.25"]))
-    for bad in ("0", "2", "a,b"):
+    finer, _, info = training.build_training_data(training.parse_args(args[:-1] + ["1.5"]))
+    assert {p.clean.shape for p in finer.pairs} == {(144, 192)} and info["zoom"] == [1.5]
+    assert abs(finer.pairs[0].clean.mean() - original.mean()) < 1.0, "upsampling keeps the intensity level"
+    for bad in ("0", "2.5", "a,b"):
         with pytest.raises(SystemExit):
             training.parse_args(args[:-1] + [bad])
 

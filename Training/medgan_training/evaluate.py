@@ -20,7 +20,8 @@ Methods (--methods, comma-separated; default all):
 The tuning runs on central crops of a few slices (of every slice, each for itself, with
 --tune-per-slice: for a stack of slices of different scans); see medgan_training/baselines.py.
 
-Writes table.md (mean +- std PSNR, SSIM, RMSE and bias over slices, seconds per slice),
+Writes table.md (mean +- std PSNR, SSIM, RMSE and bias over slices, seconds per slice; PSNR and
+SSIM on each slice for up to 12 slices),
 metrics.json and comparison.png to --out (default output/evaluate). CT is measured at the
 [-160, 240] HU window (data range 400). With --real-ldct-pair it also writes nps.png: the noise
 power spectrum of the real quarter-dose noise against the simulator's for each reconstruction
@@ -177,6 +178,21 @@ def markdown_table(summaries: dict[str, dict], window: Window, unit: str) -> str
         lines += ["", f"(*) {ORACLE_NOTE}: an upper bound for that filter, not what a user gets. The search ran on "
                       "central crops of a few slices (or of each slice for that slice); s/slice is the time to apply the chosen setting. Sigmas and "
                       "weights are in the image's units (HU for CT), averaged over slices."]
+    return "\n".join(lines) + "\n"
+
+
+def per_slice_table(summaries: dict[str, dict], at_most: int = 12) -> str:
+    """PSNR / SSIM of each method on each slice (empty for one slice or more than `at_most`):
+    where the slices come from different scans, their mean hides which scan each method loses on."""
+    slices = int(next(iter(summaries.values()))["slices"])
+    if not 1 < slices <= at_most:
+        return ""
+    lines = ["PSNR (dB) / SSIM on each slice:", "",
+             "| method | " + " | ".join(f"slice {i}" for i in range(slices)) + " |",
+             "|---|" + "---|" * slices]
+    for name, s in summaries.items():
+        cells = (f"{p:.2f} / {q:.3f}" for p, q in zip(s["per_slice"]["psnr"], s["per_slice"]["ssim"]))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -360,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     source = (f"real pair {args.real_ldct_pair}" if args.real_ldct_pair else
               f"{args.clean} slices {args.slices} (axis {args.axis}){f', {args.tile}-pixel tiles' if args.tile else ''}, "
               f"{args.degradation}, seed {args.seed}")
-    (args.out / "table.md").write_text(f"Data: {source}.\n\n{table}")
+    per_slice = per_slice_table(summaries)
+    (args.out / "table.md").write_text(f"Data: {source}.\n\n{table}" + (f"\n{per_slice}" if per_slice else ""))
     report = {"source": source, "window": window.label(unit), "methods": summaries}
     written = [args.out / "table.md", args.out / "metrics.json", args.out / "comparison.png"]
     if args.real_ldct_pair:
