@@ -105,6 +105,30 @@ def test_the_exported_epoch_is_the_best_one_on_the_chosen_validation_metric(scan
     assert all(abs(card.metrics["validation"][metric] - s) > 1e-3 for s in others)
 
 
+def test_select_on_last_exports_the_final_epoch_and_re_exports_a_finished_run(scan, tmp_path):
+    common = ("--lr", "3e-3", "--gan-loss", "none", "--model-id", "tiny-ct", "--no-calibrate-fusion",
+              "--bn-recalibration-batches", "0")
+    training.main(tiny_args(scan, tmp_path / "run", "--epochs", "4", "--export", str(tmp_path / "best"), *common))
+    rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
+    scores = [float(r["val_psnr"]) for r in rows]
+    assert scores.index(max(scores)) != 3, "this run's best epoch is not its last"
+    best = ModelRegistry.from_folders([tmp_path / "best"]).get("tiny-ct")
+    assert best.metrics["epoch"] == 1 + scores.index(max(scores))
+    # the finished run exported again with its final weights; nothing is trained
+    training.main(tiny_args(scan, tmp_path / "run", "--epochs", "4", "--resume", "--select-on", "last",
+                            "--export", str(tmp_path / "last"), *common))
+    last = ModelRegistry.from_folders([tmp_path / "last"]).get("tiny-ct")
+    assert last.metrics["epoch"] == 4 and len(list(csv.DictReader(open(tmp_path / "run" / "log.csv")))) == 4
+    assert last.metrics["validation"]["psnr"] == pytest.approx(scores[3], abs=1e-3)
+    final = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["generator"]
+    exported = torch.load(last.path, weights_only=True)
+    assert all(torch.equal(exported[k].float(), final[k].to(exported[k].dtype).float()) for k in exported)
+    # and a run that selects the last epoch from the start exports it too
+    training.main(tiny_args(scan, tmp_path / "direct", "--epochs", "3", "--select-on", "last",
+                            "--export", str(tmp_path / "direct_export"), *common))
+    assert ModelRegistry.from_folders([tmp_path / "direct_export"]).get("tiny-ct").metrics["epoch"] == 3
+
+
 def test_selection_follows_the_chosen_metric_where_psnr_and_ssim_disagree():
     best = {"validation": {"psnr": 30.0, "ssim": 0.90}}
     sharper = {"psnr": 29.8, "ssim": 0.92}  # lower PSNR, higher SSIM
@@ -115,7 +139,7 @@ def test_selection_follows_the_chosen_metric_where_psnr_and_ssim_disagree():
 def test_an_unknown_selection_metric_is_a_usage_error(capsys):
     with pytest.raises(SystemExit):
         training.parse_args(["--clean", "x.nii.gz", "--select-on", "loss"])
-    assert "--select-on must be psnr or ssim" in capsys.readouterr().err
+    assert "--select-on must be psnr, ssim or last" in capsys.readouterr().err
 
 
 def write_mr_phantom(path: Path, slices: int = 24, size: int = 48) -> Path:

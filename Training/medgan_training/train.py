@@ -144,7 +144,10 @@ class TrainConfig:
                             "--variant/--width/--depth.")
     export: str = option("", "Folder to export the best epoch's weights (fp16) and model card to.")
     select_on: str = option("psnr", "Validation metric that picks the exported epoch: psnr, or ssim where texture "
-                                    "matters more than mean error (ultrasound speckle, say).")
+                                    "matters more than mean error (ultrasound speckle, say), or last: the final epoch, "
+                                    "for a run whose validation data does not show what it trains for (a fine-tune on "
+                                    "a changed degradation, say); with --resume, last re-exports a finished run's final "
+                                    "epoch.")
     model_id: str = option("", "Id of the exported model (default: <modality>-<variant>-<mode>-w<width>).")
     description: str = option("", "One-line description written into the model card.")
 
@@ -196,8 +199,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         parser.error("--bn-recalibration-batches and --bn-recalibration-each-epoch take 0 (off) or a number of batches")
     if not 0 <= cfg.ema_decay < 1:
         parser.error(f"--ema-decay takes 0 (off) or a decay in (0, 1), e.g. 0.999; got {cfg.ema_decay}")
-    if cfg.select_on not in ("psnr", "ssim"):
-        parser.error(f"--select-on must be psnr or ssim, got {cfg.select_on!r}")
+    if cfg.select_on not in ("psnr", "ssim", "last"):
+        parser.error(f"--select-on must be psnr, ssim or last, got {cfg.select_on!r}")
     try:
         zooms = parse_zoom(cfg.zoom)
     except ValueError as error:
@@ -474,8 +477,9 @@ def save_loss_curve(log_path: Path, png_path: Path) -> None:
 
 # ---------------------------------------------------------------- checkpoints, export
 def improves_on(metrics: dict[str, Any], best: dict[str, Any], metric: str = "psnr") -> bool:
-    """Whether an epoch's validation `metrics` beat the best epoch so far on `metric` (--select-on)."""
-    return not best or metrics[metric] > best["validation"][metric]
+    """Whether an epoch's validation `metrics` beat the best epoch so far on `metric` (--select-on;
+    "last": every epoch replaces the one before)."""
+    return not best or metric == "last" or metrics[metric] > best["validation"][metric]
 
 
 def update_ema(average: torch.nn.Module, live: torch.nn.Module, decay: float) -> None:
@@ -751,6 +755,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         metrics, _ = validate(evaluated(), val_pairs, cfg, device)
         best, best_generator = record_best(metrics, 0)
         print(f"epoch 0 (--init-from {cfg.init_from}): {format_summary(metrics, window, unit)}", flush=True)
+    if is_main and cfg.resume and cfg.select_on == "last" and start_epoch >= cfg.epochs:
+        # a finished run exported again with --select-on last: its final weights, whichever epoch it selected before
+        metrics, _ = validate(evaluated(), val_pairs, cfg, device)
+        best, best_generator = record_best(metrics, start_epoch)
 
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
@@ -827,7 +835,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         print(f"rank {rank}: generator parameter checksum {result['checksum']:.12e}", flush=True)
     if is_main and cfg.export:
         final = evaluated()
-        if best_generator is not None:  # export the epoch with the best validation PSNR (or SSIM)
+        if best_generator is not None:  # export the epoch with the best validation PSNR (or SSIM), or the last
             final.load_state_dict(best_generator)
         round_to_storage_precision(final)
         if cfg.bn_recalibration_batches and any(isinstance(m, torch.nn.BatchNorm2d) for m in final.modules()):
