@@ -121,6 +121,7 @@ def test_per_slice_tuning_gives_each_slice_of_a_mixed_stack_its_own_best_setting
     shared = cad.run(noisy, clean, CT_SCALING, WINDOW, tune_slices=2, tune_crop=48)
     each = cad.run(noisy, clean, CT_SCALING, WINDOW, tune_crop=48, per_slice=True)
     settings = [d["iterations"] for d in each.details["per_slice"]]
+    assert [d["slice"] for d in each.details["per_slice"]] == [0, 1]
     assert settings[0] < settings[1], "the quiet slice wants less smoothing than the loud one"
     psnr = lambda run: [slice_metrics(o, c, WINDOW)["psnr"] for o, c in zip(run.denoised, clean)]
     assert all(e >= s - 1e-9 for e, s in zip(psnr(each), psnr(shared)))

@@ -208,7 +208,7 @@ class Baseline:
             return BaselineRun(np.concatenate([r.denoised for r in runs]),
                                float(np.mean([r.seconds_per_slice for r in runs])),
                                "tuned on each slice: " + "; ".join(r.setting for r in runs),
-                               {"per_slice": [r.details for r in runs]})
+                               {"per_slice": [{**r.details, "slice": i} for i, r in enumerate(runs)]})
         scaled = [scaling.forward(s) for s in noisy]
         started = time.perf_counter()
         sigmas = [estimated_sigma(s) for s in scaled] if self.kind in ("estimated", "oracle-multiplier") else []

