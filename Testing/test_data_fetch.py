@@ -116,6 +116,22 @@ def test_rgb_dicom_is_written_as_grey(tmp_path):
     np.testing.assert_array_equal(volume(image)[0], [[10, 20, 30], [40, 50, round(0.299 * 200 + 0.587 * 100)]])
 
 
+def test_palette_colour_dicom_is_written_as_the_grey_levels_of_its_palette(tmp_path):
+    """A PALETTE COLOR ultrasound (16-bit indices, a 16-bit grey palette with one green entry, as
+    the Aloka source): each pixel becomes its palette entry in 8 bits, colour by BT.601 luminance."""
+    grey = np.arange(256, dtype=np.uint16) * 257  # 8-bit grey in 16-bit palette units
+    red, green, blue = grey.copy(), grey.copy(), grey.copy()
+    red[255], blue[255] = 0, 0  # entry 255: pure green (a marker)
+    indices = np.array([[0, 1024 // 256], [200, 255]], np.uint16)
+    attributes = {f"{c}PaletteColorLookupTableDescriptor": [256, 0, 16] for c in ("Red", "Green", "Blue")}
+    attributes.update(RedPaletteColorLookupTableData=red.astype("<u2").tobytes(),
+                      GreenPaletteColorLookupTableData=green.astype("<u2").tobytes(),
+                      BluePaletteColorLookupTableData=blue.astype("<u2").tobytes())
+    image = data_fetch.dicom_image_as_volume(write_dicom(tmp_path / "palette.dcm", indices, "PALETTE COLOR", 16, **attributes))
+    assert volume(image).dtype == np.uint8
+    np.testing.assert_array_equal(volume(image)[0], [[0, 4], [200, round(0.587 * 255)]])
+
+
 # ------------------------------------------------------------------ geometry
 def test_2d_image_becomes_one_slice_volume_with_row_column_spacing():
     array = np.arange(6, dtype=np.uint16).reshape(2, 3)

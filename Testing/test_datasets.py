@@ -88,6 +88,23 @@ def test_same_seed_and_epoch_give_the_same_patches():
         PatchDataset([body_pair()], CT, patch_size=128, samples_per_epoch=1)
 
 
+def test_balanced_scans_weigh_a_one_slice_scan_as_much_as_a_long_one():
+    """Nine pairs of scan 0 and one of scan 1 (told apart by their offset): by slice, scan 1 gives
+    about a tenth of the patches; balanced, about half."""
+    def pair(scan: int) -> SlicePair:
+        clean = np.full((32, 32), 50.0, dtype=np.float32)
+        return SlicePair(clean + 10.0 * (scan + 1), clean, CT.fit(clean), foreground=-500.0, scan=scan)
+
+    pairs = [pair(0) for _ in range(9)] + [pair(1)]
+    share = {}
+    for balance in (False, True):
+        dataset = PatchDataset(pairs, CT, patch_size=16, samples_per_epoch=400, seed=0, balance_scans=balance)
+        offsets = [float((dataset[i][0] - dataset[i][1]).mean()) * 4096 for i in range(len(dataset))]
+        assert set(np.round(offsets)) <= {10.0, 20.0}
+        share[balance] = np.mean(np.isclose(offsets, 20.0, atol=0.5))
+    assert 0.05 < share[False] < 0.16 and 0.42 < share[True] < 0.58
+
+
 def add_five(image, rng, pixel_size_mm=1.0):
     return image + 5.0
 

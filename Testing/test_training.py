@@ -217,6 +217,9 @@ def test_two_d_images_train_on_some_images_and_validate_on_others(tmp_path):
     assert len(dataset.pairs) == 4, "both training images, two degraded versions each"
     assert not any(np.array_equal(p.clean, held_out) for p in dataset.pairs)
     assert info["scans"][2]["validation_only"] and info["scans"][2]["train_slices"] == 0
+    assert [p.scan for p in dataset.pairs] == [0, 0, 1, 1], "each pair knows the scan it was cut from"
+    balanced, _, _ = training.build_training_data(training.parse_args(args + ["--balance-scans"]))
+    assert balanced._pairs_of_scan == [[0, 1], [2, 3]] and dataset._pairs_of_scan is None
     with pytest.raises(ValueError, match="no validation slices"):
         training.build_training_data(training.parse_args(args[:3] + args[5:]))
 

@@ -307,6 +307,12 @@ def dicom_pixels(path: Path) -> tuple[np.ndarray, pydicom.Dataset, list[str]]:
         bits, signed = int(dataset.BitsStored), int(dataset.PixelRepresentation) == 1
         array = monochrome1_to_monochrome2(array, bits, signed)
         notes.append(f"MONOCHROME1 inverted to MONOCHROME2 ({'-1 - value' if signed else f'{2 ** bits - 1} - value'})")
+    elif photometric == "PALETTE COLOR":
+        entries, _, palette_bits = (int(v) for v in dataset.RedPaletteColorLookupTableDescriptor)
+        array = pydicom.pixels.apply_color_lut(array, dataset)
+        if palette_bits == 16:  # a display palette in 16-bit units: back to the 8-bit grey levels it encodes
+            array = np.rint(array.astype(np.float64) * (255 / 65535)).astype(np.uint8)
+        notes.append(f"PALETTE COLOR: the {entries or 65536}-entry palette applied (RGB, 8 bits)")
     elif photometric not in ("MONOCHROME2", "RGB"):
         raise SourceUnavailable(f"{Path(path).name}: photometric interpretation {photometric} is not handled")
     if (slope, intercept) != (1.0, 0.0):
@@ -334,7 +340,7 @@ def dicom_image_as_volume(path: Path) -> sitk.Image:
     """A grey (or RGB, made grey by rgb_to_grey) DICOM image or cine as a volume with its pixel
     spacing; prints what was done."""
     array, dataset, notes = dicom_pixels(path)
-    if str(dataset.PhotometricInterpretation).strip() == "RGB":
+    if str(dataset.PhotometricInterpretation).strip() in ("RGB", "PALETTE COLOR"):
         array, equal = rgb_to_grey(array)
         notes.append("RGB with three equal channels: one channel kept" if equal
                      else "RGB with unequal channels (colour): BT.601 luminance taken")
@@ -585,6 +591,25 @@ def fetch_us_logiq(work: Path, destination: Path) -> None:
     _write_dicom_image(_npm_members(work, AMI, ["package/data/dicom/US-RGB-8-epicard.dcm"])[0], destination)
 
 
+def fetch_us_echo(work: Path, destination: Path) -> None:
+    """Philips EPIQ 7C adult echocardiogram (S5-1 phased array, parasternal view of the aortic root),
+    pydicom-data JPGLosslessP14SV1_1s_1f_8b.dcm (JPEG lossless, decoded by SimpleITK).
+
+    Measured: 1024 x 768, MONOCHROME2 uint8, a 90-degree sector of heart wall and blood pool.
+    Burned-in text: YES (parameters, a measurement, ECG trace, depth scale)."""
+    _write_dicom_image(_pydicom_data_file(work, "JPGLosslessP14SV1_1s_1f_8b.dcm"), destination)
+
+
+def fetch_us_aloka(work: Path, destination: Path) -> None:
+    """Aloka SSD-4000 pelvic B-mode scan, two views side by side, pydicom-data gdcm-US-ALOKA-16.dcm.
+
+    Measured: 640 x 480, PALETTE COLOR with 16-bit indices on a grey palette: 64 grey levels in the
+    tissue (one every 4 of 0..255, so quantised more coarsely than the other sources), green
+    markers turned to grey by BT.601 luminance. Burned-in text: YES (header bar, parameters,
+    '3:PELVIS')."""
+    _write_dicom_image(_pydicom_data_file(work, "gdcm-US-ALOKA-16.dcm"), destination)
+
+
 SOURCES = {
     s.name: s
     for s in (
@@ -610,6 +635,8 @@ SOURCES = {
         Source("us_still", "us_still_epiq.nii.gz", "US", f"PyPI {DEID_DATA} (sdist)", "MIT (deid-data)", fetch_us_still),
         Source("us_pydicom", "us_logiq_lymph_node.nii.gz", "US", f"PyPI {PYDICOM_DATA}", "see pydicom-data", fetch_us_pydicom),
         Source("us_logiq", "us_logiq_sector.nii.gz", "US", f"npm {AMI}", "Apache-2.0 (ami.js)", fetch_us_logiq),
+        Source("us_echo", "us_echo_epiq.nii.gz", "US", f"PyPI {PYDICOM_DATA}", "see pydicom-data", fetch_us_echo),
+        Source("us_aloka", "us_aloka_pelvis.nii.gz", "US", f"PyPI {PYDICOM_DATA}", "see pydicom-data", fetch_us_aloka),
     )
 }
 

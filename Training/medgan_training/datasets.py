@@ -104,6 +104,7 @@ class SlicePair:
     clean: np.ndarray
     params: NormalizationParams
     foreground: float  # intensity above which a pixel counts as body, not air/background
+    scan: int = 0  # which training scan the pair was cut from (for balance_scans)
 
 
 class ValidationSlice(NamedTuple):
@@ -163,15 +164,22 @@ class PatchDataset(Dataset):
 
     Item i of epoch e is drawn from a generator seeded with (seed, e, i), so a run is the same
     with any number of data-loader workers or processes. patch_size=None gives whole slices.
+    Each item comes from a pair drawn uniformly, so a scan counts by its slices (and variants and
+    zooms); with balance_scans the scan is drawn uniformly first, then a pair of it, so a one-slice
+    image counts as much as a long cine.
     """
 
     def __init__(self, pairs: list[SlicePair], normalizer: Normalizer, patch_size: int | None, samples_per_epoch: int,
-                 seed: int = 0, min_foreground_fraction: float = 0.3, augment: bool = True):
+                 seed: int = 0, min_foreground_fraction: float = 0.3, augment: bool = True, balance_scans: bool = False):
         if not pairs:
             raise ValueError("no training slices: give more scans or a smaller validation fraction")
         self.pairs, self.normalizer, self.patch_size = pairs, normalizer, patch_size
         self.samples_per_epoch, self.seed, self.epoch = samples_per_epoch, seed, 0
         self.min_foreground_fraction, self.augment = min_foreground_fraction, augment
+        scans: dict[int, list[int]] = {}
+        for index, pair in enumerate(pairs):
+            scans.setdefault(pair.scan, []).append(index)
+        self._pairs_of_scan = list(scans.values()) if balance_scans else None
         # candidate patch centres: (a subsample of) the body pixels of each slice
         self._body = [np.flatnonzero(p.clean > p.foreground)[::4].astype(np.int32) for p in pairs]
         smallest = min(min(p.clean.shape) for p in pairs)
@@ -186,7 +194,11 @@ class PatchDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        which = int(rng.integers(len(self.pairs)))
+        if self._pairs_of_scan is None:
+            which = int(rng.integers(len(self.pairs)))
+        else:
+            of_scan = self._pairs_of_scan[int(rng.integers(len(self._pairs_of_scan)))]
+            which = of_scan[int(rng.integers(len(of_scan)))]
         pair = self.pairs[which]
         noisy, clean = self._crop(pair, self._body[which], rng)
         if self.augment:

@@ -79,6 +79,9 @@ class TrainConfig:
                        "more pixels, as on a scan reconstructed at 0.4-0.5 mm (simulated degradations only; the noise "
                        "is made at the new pixel size). Each factor adds a copy of the training pairs with zoom^2 "
                        "times the pixels: 1,1.5 takes about 3.3x the memory and simulation time of 1.")
+    balance_scans: bool = option(False, "Draw each training patch from a scan chosen uniformly, then one of its slices, "
+                                 "so every scan weighs the same (default: every slice does, and a 27-frame cine "
+                                 "outweighs a single image 27 to 1).")
     sim_cache: str = option("data/sim_cache", "Folder where simulated training pairs are cached for later runs ('' to disable).")
     val_fraction: float = option(0.15, "Fraction of each scan's slices held out, as one contiguous slab, for validation.")
     val_position: float = option(1.0, "Where the held-out slab lies in each scan: 0 = first slices, 1 = last.")
@@ -293,7 +296,7 @@ def build_training_data(cfg: TrainConfig) -> tuple[PatchDataset, list[Validation
                 raise ValueError(f"{low_path.name}: low- and high-quality scans differ in shape ({low.shape} vs {high.shape})")
             params, threshold = normalizer.fit(low), foreground_threshold(high, cfg.modality)
             train_slices, val_slices = split_slabs(len(high), cfg.val_fraction, position=cfg.val_position)
-            train_pairs += [SlicePair(low[i], high[i], params, threshold) for i in train_slices]
+            train_pairs += [SlicePair(low[i], high[i], params, threshold, scan=len(info["scans"])) for i in train_slices]
             val_pairs += [ValidationSlice(low[i], high[i], params) for i in val_slices]
             info["scans"].append({"low": str(low_path), "high": str(high_path), "train_slices": len(train_slices), "val_slices": len(val_slices)})
     else:
@@ -321,7 +324,8 @@ def build_training_data(cfg: TrainConfig) -> tuple[PatchDataset, list[Validation
                 noisy = simulate_pairs(clean, degrade, cfg.variants_per_slice, cfg.seed + scan_index + 1000 * zoom_index,
                                        pixel_size / zoom, workers=min(2, os.cpu_count() or 1), cache_dir=cfg.sim_cache or None)
                 params = normalizer.fit(np.stack(noisy[:: cfg.variants_per_slice]))  # one degraded copy of the slices
-                train_pairs += [SlicePair(n, clean[k // cfg.variants_per_slice], params, threshold) for k, n in enumerate(noisy)]
+                train_pairs += [SlicePair(n, clean[k // cfg.variants_per_slice], params, threshold, scan=scan_index)
+                                for k, n in enumerate(noisy)]
             held_out = [val_degrade(volume[i], np.random.default_rng([cfg.seed, 10_000 + scan_index, i]), pixel_size_mm=pixel_size)
                         for i in val_slices]
             if held_out:
@@ -336,7 +340,8 @@ def build_training_data(cfg: TrainConfig) -> tuple[PatchDataset, list[Validation
         raise ValueError("no training slices: give --clean scans with more slices or a smaller --val-fraction")
     val_pairs = [val_pairs[i] for i in evenly_spaced(range(len(val_pairs)), cfg.val_slices)]
     info["val_slices_used"] = len(val_pairs)
-    dataset = PatchDataset(train_pairs, normalizer, cfg.patch_size, cfg.samples_per_epoch, seed=cfg.seed)
+    dataset = PatchDataset(train_pairs, normalizer, cfg.patch_size, cfg.samples_per_epoch, seed=cfg.seed,
+                           balance_scans=cfg.balance_scans)
     return dataset, val_pairs, info
 
 
