@@ -132,7 +132,7 @@ def test_shipped_models_verify_and_load():
 
 
 def test_every_modality_the_panel_offers_has_models():
-    """CT, MR and PET with each predictor variant; X-ray and ultrasound with at least the U-Net
+    """CT, MR, PET and ultrasound with each predictor variant; X-ray with at least the U-Net
     (the panel lists, per modality, the variants that have weights); the zoo stays small."""
     from MedGANDenoiseLib.cli_protocol import MODALITY_CHOICES
 
@@ -140,7 +140,7 @@ def test_every_modality_the_panel_offers_has_models():
     offered = [m for m in MODALITY_CHOICES if m != "Auto"]
     for modality in offered:
         variants = set(registry.variants_for(modality))
-        required = {"unet", "dncnn", "srdensenet"} if modality in ("CT", "MR", "PET") else {"unet"}
+        required = {"unet", "dncnn", "srdensenet"} if modality in ("CT", "MR", "PET", "US") else {"unet"}
         assert required <= variants, f"{modality}: no model for {sorted(required - variants)}"
     for card in registry.models():
         assert "cpu_seconds_per_slice_512" in card.metrics.get("speed", {}), f"{card.id}: the card states its CPU time per slice"

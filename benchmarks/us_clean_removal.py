@@ -25,8 +25,8 @@ IMAGES = {
     "data/us_still_epiq.nii.gz": "validation",
     "data/us_logiq_sector.nii.gz": "training",
     "data/us_cine_epiq.nii.gz": "training (frame 0)",
-    "data/us_echo_epiq.nii.gz": "unused so far",
-    "data/us_aloka_pelvis.nii.gz": "unused so far",
+    "data/us_echo_epiq.nii.gz": "training",
+    "data/us_aloka_pelvis.nii.gz": "validation",
 }
 
 

@@ -592,11 +592,13 @@ def fetch_us_logiq(work: Path, destination: Path) -> None:
 
 
 def fetch_us_echo(work: Path, destination: Path) -> None:
-    """Philips EPIQ 7C adult echocardiogram (S5-1 phased array, parasternal view of the aortic root),
-    pydicom-data JPGLosslessP14SV1_1s_1f_8b.dcm (JPEG lossless, decoded by SimpleITK).
+    """Philips EPIQ 7C adult echocardiogram (S5-1 phased array, 16 cm depth; the screen shows an
+    ascending-aorta diameter measurement), pydicom-data JPGLosslessP14SV1_1s_1f_8b.dcm (JPEG
+    lossless, decoded by SimpleITK).
 
-    Measured: 1024 x 768, MONOCHROME2 uint8, a 90-degree sector of heart wall and blood pool.
-    Burned-in text: YES (parameters, a measurement, ECG trace, depth scale)."""
+    Measured: 1024 x 768, MONOCHROME2 uint8 0..255, spacing 0.255 mm, a sector of heart wall and
+    blood pool. Burned-in text: YES (parameters, the measurement, an ECG trace, a depth scale).
+    Not the same scan as the deid-data EPIQ sources (a breast and kidney scan on another probe)."""
     _write_dicom_image(_pydicom_data_file(work, "JPGLosslessP14SV1_1s_1f_8b.dcm"), destination)
 
 
