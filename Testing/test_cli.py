@@ -215,7 +215,7 @@ def nan_scan(path: Path) -> Path:
         (lambda p: write_scan(p, ct_volume()), ["--modality", "XRAY", "--variant", "srdensenet"], "no 'srdensenet' model for XRAY"),
         (lambda p: write_scan(p, ct_volume()), ["--modality", "CT", "--model", "tiny-mr"], "is a MR model"),
         (lambda p: write_scan(p, ct_volume()), ["--modality", "CT", "--model", "nope"], "unknown model 'nope'"),
-        (lambda p: write_scan(p, ct_volume()), ["--modality", "US", "--variant", "dncnn"], "no 'dncnn' model for US"),
+        (lambda p: write_scan(p, ct_volume()), ["--modality", "XRAY", "--variant", "dncnn"], "no 'dncnn' model for XRAY"),
     ],
 )
 def test_bad_input_gives_one_clear_line_and_writes_nothing(tmp_path, models, capsys, make_input, extra, message):

@@ -130,6 +130,11 @@ def test_palette_colour_dicom_is_written_as_the_grey_levels_of_its_palette(tmp_p
     image = data_fetch.dicom_image_as_volume(write_dicom(tmp_path / "palette.dcm", indices, "PALETTE COLOR", 16, **attributes))
     assert volume(image).dtype == np.uint8
     np.testing.assert_array_equal(volume(image)[0], [[0, 4], [200, round(0.587 * 255)]])
+    # some writers declare 16-bit entries but store 8-bit levels in them: kept as they are, not darkened
+    for c, lut in zip(("Red", "Green", "Blue"), (red, green, blue)):
+        attributes[f"{c}PaletteColorLookupTableData"] = (lut // 257).astype("<u2").tobytes()
+    image = data_fetch.dicom_image_as_volume(write_dicom(tmp_path / "palette8.dcm", indices, "PALETTE COLOR", 16, **attributes))
+    np.testing.assert_array_equal(volume(image)[0], [[0, 4], [200, round(0.587 * 255)]])
 
 
 # ------------------------------------------------------------------ geometry

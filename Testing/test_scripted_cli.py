@@ -235,9 +235,9 @@ def test_cli_failing_on_the_noise_output_leaves_no_denoised_file_either(tmp_path
 
 def test_cli_errors_are_one_line_and_write_nothing(tmp_path):
     source = write_nrrd(tmp_path / "input.nrrd", ct_like((2, 32, 32)))
-    done = run_cli("--modality", "US", "--variant", "dncnn", "--device", "cpu", source, tmp_path / "denoised.nrrd")
+    done = run_cli("--modality", "XRAY", "--variant", "dncnn", "--device", "cpu", source, tmp_path / "denoised.nrrd")
     assert done.returncode == 1
-    assert done.stderr.startswith("MedGANDenoise: error: no 'dncnn' model for US") and done.stderr.count("\n") == 1
+    assert done.stderr.startswith("MedGANDenoise: error: no 'dncnn' model for XRAY") and done.stderr.count("\n") == 1
     assert not (tmp_path / "denoised.nrrd").exists()
 
 

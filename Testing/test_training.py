@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -437,6 +438,12 @@ def test_paired_folders_train(tmp_path):
     result = training.train(training.parse_args(args))
     assert result["metrics"]["val_degradation"] == "paired data"
     assert result["metrics"]["noisy_input"]["psnr"] < 40  # the real noise was measured, not a simulated one
+    # a second pair of scans: --balance-scans groups the pairs by the pair of scans they came from
+    shutil.copy(low_dir / "case1.nii.gz", low_dir / "case2.nii.gz")
+    shutil.copy(clean_path, high_dir / "case2.nii.gz")
+    dataset, _, info = training.build_training_data(training.parse_args(args + ["--balance-scans"]))
+    assert len(info["scans"]) == 2 and [p.scan for p in dataset.pairs] == [0] * (len(dataset.pairs) // 2) + [1] * (len(dataset.pairs) // 2)
+    assert len(dataset._pairs_of_scan) == 2
 
 
 def test_fusion_refit_is_the_best_convex_combination_on_training_patches(scan, tmp_path):

@@ -151,7 +151,8 @@ def write_speed_to_cards(rows: list[dict], classical: dict[str, float], args) ->
                 "cpu_precision": timed[entry["id"]]["auto_precision"],
                 f"cpu_seconds_per_slice_{args.size}_fp32": round(timed[entry["id"]]["seconds_per_slice_fp32"], 3),
                 "note": f"{args.slices} slices of {args.size} x {args.size} denoised as one volume, in the CPU default "
-                        "precision (bf16: U-Net coarse levels in bfloat16, the three finest in float32) and in float32",
+                        + ("precision (bf16: U-Net coarse levels in bfloat16, the three finest in float32) and in float32"
+                           if timed[entry["id"]]["auto_precision"] == "bf16" else "precision (float32 for this model) and again in float32"),
                 "nlm_fast_seconds_per_slice": round(classical["nlm_fast"], 3),
                 "bm3d_seconds_per_slice": round(classical["bm3d"], 2),
                 "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",

@@ -374,8 +374,8 @@ def _compute_dtype(precision: str, generator, device):
 def _has_bf16_levels(generator) -> bool:
     """Whether the U-Net predictors have pooling levels beyond the ones kept in float32. A 3-level
     U-Net would run only its bottleneck block in bf16, and the casts cost more than that saves
-    (measured: the 3-level ultrasound U-Net 0.31 s per 512 x 512 slice against 0.26 s in float32,
-    the 4-level ones 0.21 against 0.24)."""
+    (measured in one run of benchmarks/benchmark_engine.py: the 3-level ultrasound U-Net 0.308 s per
+    512 x 512 slice against 0.257 s in float32; the 4-level ones 0.21 against 0.24 in another)."""
     from .networks import UNetPredictor
 
     predictors = [p for p in (generator.content_predictor, generator.noise_predictor) if p is not None]

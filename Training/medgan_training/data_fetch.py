@@ -308,11 +308,12 @@ def dicom_pixels(path: Path) -> tuple[np.ndarray, pydicom.Dataset, list[str]]:
         array = monochrome1_to_monochrome2(array, bits, signed)
         notes.append(f"MONOCHROME1 inverted to MONOCHROME2 ({'-1 - value' if signed else f'{2 ** bits - 1} - value'})")
     elif photometric == "PALETTE COLOR":
-        entries, _, palette_bits = (int(v) for v in dataset.RedPaletteColorLookupTableDescriptor)
-        array = pydicom.pixels.apply_color_lut(array, dataset)
-        if palette_bits == 16:  # a display palette in 16-bit units: back to the 8-bit grey levels it encodes
-            array = np.rint(array.astype(np.float64) * (255 / 65535)).astype(np.uint8)
-        notes.append(f"PALETTE COLOR: the {entries or 65536}-entry palette applied (RGB, 8 bits)")
+        entries = int(dataset.RedPaletteColorLookupTableDescriptor[0]) or 65536
+        array = pydicom.pixels.apply_color_lut(array, dataset)[..., :3]  # an alpha channel, if any, is not image
+        if array.max() > 255:  # palette entries in 16-bit units: back to the 8-bit levels a display shows
+            array = np.rint(array.astype(np.float64) * (255 / 65535))
+        array = array.astype(np.uint8)
+        notes.append(f"PALETTE COLOR: the {entries}-entry palette applied (RGB, 8 bits)")
     elif photometric not in ("MONOCHROME2", "RGB"):
         raise SourceUnavailable(f"{Path(path).name}: photometric interpretation {photometric} is not handled")
     if (slope, intercept) != (1.0, 0.0):
