@@ -365,14 +365,15 @@ def _compute_dtype(precision: str, generator, device):
     # a whole predictor in bf16 (8-bit mantissa) was 1-3.5 HU off (99th percentile in soft tissue);
     # U-Nets with their three finest levels in float32 (inference_copy) stay within 0.1 HU in the
     # soft-tissue window (99.9th percentile) and about 0.65 HU at most
-    if (residual and device.type == "cpu" and getattr(generator, "variant", "") == "unet"
-            and getattr(generator, "refinement", None) is None and _has_bf16_levels(generator) and cpu_has_native_bf16()):
+    if (residual and device.type == "cpu" and getattr(generator, "refinement", None) is None
+            and _has_bf16_levels(generator) and cpu_has_native_bf16()):
         return torch.bfloat16
     return torch.float32
 
 
 def _has_bf16_levels(generator) -> bool:
-    """Whether the U-Net predictors have pooling levels beyond the ones kept in float32. A 3-level
+    """Whether every predictor is a U-Net with pooling levels beyond the ones kept in float32 (DnCNN
+    and SRDenseNet have none: all their layers are at full resolution). A 3-level
     U-Net would run only its bottleneck block in bf16, and the casts cost more than that saves
     (measured in one run of benchmarks/benchmark_engine.py: the 3-level ultrasound U-Net 0.308 s per
     512 x 512 slice against 0.257 s in float32; the 4-level ones 0.21 against 0.24 in another)."""
