@@ -26,6 +26,7 @@ IMAGES = {
     "data/us_logiq_sector.nii.gz": "training",
     "data/us_cine_epiq.nii.gz": "training (frame 0)",
     "data/us_echo_epiq.nii.gz": "training",
+    "data/us_affiniti_echo.nii.gz": "training (frame 0)",
     "data/us_aloka_pelvis.nii.gz": "validation",
 }
 
