@@ -338,13 +338,15 @@ def frames_as_volume(array: np.ndarray, spacing_rc: tuple[float, float] | None,
 
 
 def dicom_image_as_volume(path: Path) -> sitk.Image:
-    """A grey (or RGB, made grey by rgb_to_grey) DICOM image or cine as a volume with its pixel
-    spacing; prints what was done."""
+    """A grey (or RGB or palette colour, made grey by rgb_to_grey) DICOM image or cine as a volume
+    with its pixel spacing; prints what was done."""
     array, dataset, notes = dicom_pixels(path)
-    if str(dataset.PhotometricInterpretation).strip() in ("RGB", "PALETTE COLOR"):
+    photometric = str(dataset.PhotometricInterpretation).strip()
+    if photometric in ("RGB", "PALETTE COLOR"):
         array, equal = rgb_to_grey(array)
-        notes.append("RGB with three equal channels: one channel kept" if equal
-                     else "RGB with unequal channels (colour): BT.601 luminance taken")
+        colour = "RGB" if photometric == "RGB" else "the palette's RGB"
+        notes.append(f"{colour} with three equal channels: one channel kept" if equal
+                     else f"{colour} with unequal channels (colour): BT.601 luminance taken")
     spacing = dicom_pixel_spacing(dataset)
     notes.append(f"pixel spacing {spacing[1]:.4g} x {spacing[0]:.4g} mm" if spacing
                  else f"no pixel spacing in the file: {NOMINAL_SPACING_MM} mm written")
@@ -619,9 +621,11 @@ def fetch_us_affiniti(work: Path, destination: Path) -> None:
 
     Measured: 800 x 600 x 30 (columns x rows x frames), RGB uint8, stored uncompressed but once
     JPEG-compressed (Lossy Image Compression 01, ISO_10918_1; 8-pixel block edges differ from the
-    other columns' differences by 2.6 %, so no visible blocking). Colour in 1.9 % of a frame's
-    pixels (the Doppler box over the blood pool, the colour bar, the ECG trace): BT.601 luminance
-    is written, as for the LOGIQ sources. Raw, coarse speckle (wavelet noise estimate 1.5 grey
+    other columns' differences by 2.6 %, so no visible blocking); spacing 0.308 mm from the
+    ultrasound region. Channels unequal in 37 % of the pixels (the JPEG's colour noise on the grey
+    image), clearly coloured (channels more than 10 apart) in 4.6 % (the Doppler box over the blood
+    pool, the colour bar, the ECG trace): BT.601 luminance is written, as for the LOGIQ sources
+    (the grey pixels keep their level to within the JPEG's colour noise). Raw, coarse speckle (wavelet noise estimate 1.5 grey
     levels in the sector, against 0.4-0.6 in the EPIQ sources); the heart moves between frames
     (mean change 9.3 grey levels). Burned-in text: YES (parameters, colour bar, ECG, heart rate)."""
     _write_dicom_image(_pypi_member(work, DEID_DATA, "deid_data/data/ultrasounds/ultrasound-multiframe.dcm", sdist=True),
