@@ -19,7 +19,7 @@ from MedGANDenoiseLib.engine import (
 )
 from MedGANDenoiseLib.networks import UNetPredictor
 from MedGANDenoiseLib.normalization import Normalizer
-from MedGANDenoiseLib.registry import ModelRegistry, load_model
+from MedGANDenoiseLib.registry import LoadedModel, ModelRegistry, load_model
 
 
 def ct_volume(shape=(6, 20, 28), dtype=np.int16, seed=0) -> np.ndarray:
@@ -62,6 +62,22 @@ def test_strength_scales_the_removed_noise(tiny_model):
     np.testing.assert_allclose(half.noise, 0.5 * full.noise, atol=1e-3)
     np.testing.assert_array_equal(none.denoised, volume.astype(np.float32))
     assert not none.noise.any()
+
+
+def test_the_cards_noise_scale_multiplies_the_strength(tiny_model):
+    """A card's noise_scale (a calibration chosen after training) is the share removed at strength 1;
+    the strength scales on top of it, and denoised + noise stays the input."""
+    from dataclasses import replace
+
+    volume = ct_volume()
+    full = denoise_volume(volume, tiny_model, "CT", device="cpu")
+    calibrated = LoadedModel(replace(tiny_model.card, noise_scale=0.8), tiny_model.generator)
+    scaled = denoise_volume(volume, calibrated, "CT", device="cpu")
+    both = denoise_volume(volume, calibrated, "CT", device="cpu", strength=0.5)
+    np.testing.assert_allclose(scaled.noise, 0.8 * full.noise, atol=1e-3)
+    np.testing.assert_allclose(both.noise, 0.4 * full.noise, atol=1e-3)
+    np.testing.assert_allclose(scaled.denoised + scaled.noise, volume, atol=1e-3)
+    assert np.abs(full.noise).max() > 1.0, "the model removes something to scale"
 
 
 def test_progress_is_reported_per_batch_up_to_the_total(tiny_model):

@@ -132,7 +132,7 @@ def test_shipped_models_verify_and_load():
 
 
 def test_every_modality_the_panel_offers_has_models():
-    """CT, MR, PET and ultrasound with each predictor variant; X-ray with at least the U-Net
+    """CT, MR and PET with each predictor variant; X-ray and ultrasound with at least the U-Net
     (the panel lists, per modality, the variants that have weights); the zoo stays small."""
     from MedGANDenoiseLib.cli_protocol import MODALITY_CHOICES
 
@@ -140,7 +140,7 @@ def test_every_modality_the_panel_offers_has_models():
     offered = [m for m in MODALITY_CHOICES if m != "Auto"]
     for modality in offered:
         variants = set(registry.variants_for(modality))
-        required = {"unet", "dncnn", "srdensenet"} if modality in ("CT", "MR", "PET", "US") else {"unet"}
+        required = {"unet", "dncnn", "srdensenet"} if modality in ("CT", "MR", "PET") else {"unet"}
         assert required <= variants, f"{modality}: no model for {sorted(required - variants)}"
     for card in registry.models():
         assert "cpu_seconds_per_slice_512" in card.metrics.get("speed", {}), f"{card.id}: the card states its CPU time per slice"
@@ -179,3 +179,26 @@ def test_a_misspelled_architecture_key_is_a_clear_error(tiny_model_dir):
     with pytest.raises(ValueError, match="has an invalid architecture .*predicter") as info:
         load_model(ModelRegistry.from_folders([tiny_model_dir]).get("tiny-ct"))
     assert str(tiny_model_dir / "registry.json") in str(info.value)
+
+
+@pytest.mark.parametrize("value", [0, 1.5, -0.2, "0.9", True])
+def test_a_noise_scale_outside_zero_to_one_is_a_clear_error(tiny_model_dir, value):
+    edit_registry(tiny_model_dir, noise_scale=value)
+    with pytest.raises(ValueError, match="'noise_scale' must be a number in \\(0, 1\\]"):
+        ModelRegistry.from_folders([tiny_model_dir])
+
+
+def test_a_card_without_noise_scale_removes_the_whole_estimate_and_one_with_it_keeps_it(tiny_model_dir):
+    assert ModelRegistry.from_folders([tiny_model_dir]).get("tiny-ct").noise_scale == 1.0
+    edit_registry(tiny_model_dir, noise_scale=0.95)
+    card = ModelRegistry.from_folders([tiny_model_dir]).get("tiny-ct")
+    assert card.noise_scale == 0.95 and card.to_dict()["noise_scale"] == 0.95
+
+
+def test_the_shipped_ultrasound_model_records_how_its_noise_scale_was_chosen():
+    card = ModelRegistry.default(()).find("US", "unet")
+    assert 0.5 <= card.noise_scale < 1.0
+    calibration = card.training["calibration"]
+    assert calibration["noise_scale"] == card.noise_scale and "us_noise_scale.py" in calibration["command"]
+    trained_on = set(card.training["config"]["clean"])
+    assert calibration["images"] and not trained_on & set(calibration["images"]), "chosen on images it never trained on"

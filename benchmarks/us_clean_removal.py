@@ -23,7 +23,7 @@ from medgan_training.metrics import slice_metrics, summarize, window_for
 IMAGES = {
     "data/us_logiq_lymph_node.nii.gz": "test (held out)",
     "data/us_still_epiq.nii.gz": "validation",
-    "data/us_logiq_sector.nii.gz": "training",
+    "data/us_logiq_sector.nii.gz": "noise_scale calibration",
     "data/us_cine_epiq.nii.gz": "training (frame 0)",
     "data/us_echo_epiq.nii.gz": "training",
     "data/us_affiniti_echo.nii.gz": "training (frame 0)",

@@ -179,7 +179,8 @@ def denoise_volume(
 ) -> DenoiseResult:
     """Denoise a 2-D image or a 3-D volume slice by slice along `axis` (default 0, the slice axis
     of a numpy (k, j, i) volume). Returns float32 `denoised` and `noise` in the input's units with
-    denoised + noise == input; `strength` in [0, 1] scales the removed noise.
+    denoised + noise == input; `strength` in [0, 1] scales the removed noise (on top of the card's
+    noise_scale, the share of the network's estimate that the model removes at strength 1).
 
     batch_size=None picks 8 slices on a GPU and 1 on the CPU, where larger batches are no faster
     and cost activation memory (measured: benchmarks/benchmark_engine.py).
@@ -291,8 +292,8 @@ def denoise_volume(
         removed = original - output
         if outside is not None:
             removed[outside] = 0.0
-        if strength != 1.0:
-            removed *= np.float32(strength)
+        if strength * card.noise_scale != 1.0:
+            removed *= np.float32(strength * card.noise_scale)
         noise_stack[done : done + len(batch)] = removed
         denoised_stack[done : done + len(batch)] = original - removed
         done += len(batch)

@@ -60,6 +60,9 @@ class ModelCard:
     description: str = ""
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    # the share of the network's noise estimate that the model removes at strength 1: a calibration
+    # chosen on validation images after training (1: the network's output as trained)
+    noise_scale: float = 1.0
     folder: Path = field(default=SHIPPED_MODELS_DIR, compare=False)
 
     REQUIRED = ("id", "modality", "variant", "architecture", "normalization", "file", "sha256")
@@ -78,6 +81,10 @@ class ModelCard:
         for key in ("architecture", "normalization"):
             if not isinstance(entry[key], dict):
                 raise ValueError(f"model entry {entry['id']!r} in {where}: {key!r} must be an object")
+        scale = entry.get("noise_scale", 1.0)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 < scale <= 1.0:
+            raise ValueError(f"model entry {entry['id']!r} in {where}: 'noise_scale' must be a number in (0, 1], "
+                             f"the share of the noise estimate the model removes; got {scale!r}")
         known = {f for f in cls.__dataclass_fields__ if f != "folder"}
         card = cls(**{k: v for k, v in entry.items() if k in known}, folder=Path(folder))
         try:

@@ -146,7 +146,9 @@ def evaluate(
             name = base + (f", strength {strength:g}" if strength != 1.0 else "") + (f", self-ensemble x{ensemble}" if ensemble > 1 else "")
             outputs[name] = result.denoised
             extra[name] = {"method": "model", "seconds_per_slice": result.seconds / len(noisy), "oracle": False,
-                           "setting": f"{card.variant}, {result.precision} on {result.device}", "strength": strength,
+                           "setting": f"{card.variant}, {result.precision} on {result.device}"
+                                      + (f", removes {card.noise_scale:g} of its estimate" if card.noise_scale != 1.0 else ""),
+                           "strength": strength, "noise_scale": card.noise_scale,
                            "ensemble": ensemble}
             if branches and card.architecture.get("mode", "both") == "both":
                 for branch, stack in model_branches(model, noisy, device).items():
