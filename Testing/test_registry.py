@@ -189,6 +189,10 @@ def test_a_noise_scale_outside_zero_to_one_is_a_clear_error(tiny_model_dir, valu
 
 
 def test_a_card_without_noise_scale_removes_the_whole_estimate_and_one_with_it_keeps_it(tiny_model_dir):
+    path = tiny_model_dir / "registry.json"
+    content = json.loads(path.read_text())
+    content["models"][0].pop("noise_scale", None)  # cards written before the field existed
+    path.write_text(json.dumps(content))
     assert ModelRegistry.from_folders([tiny_model_dir]).get("tiny-ct").noise_scale == 1.0
     edit_registry(tiny_model_dir, noise_scale=0.95)
     card = ModelRegistry.from_folders([tiny_model_dir]).get("tiny-ct")

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         passed = True
         for (image, level), rows in filters.items():
             name = Path(image).name.split(".")[0]
-            runs = evaluate(image, level, args.out / f"{args.model}_{name}_{level}_x{scale:.2f}",
+            runs = evaluate(image, level, args.out / f"{args.model}-{card['sha256'][:8]}_{name}_{level}_x{scale:.2f}",
                             ["--methods", "model", "--no-branches", "--models-dir", args.models_dir, "--model", args.model,
                              "--strength", f"{scale:.2f}"])
             model = next(v for k, v in runs.items() if k.startswith("model"))

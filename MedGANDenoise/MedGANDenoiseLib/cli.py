@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto: fp16 predictors on CUDA GPUs, bf16 coarse U-Net levels on CPUs with native bf16 "
                              "(99.9th percentile in soft tissue within 0.5 HU of fp32), fp32 otherwise; fp32 for the exact reference")
     parser.add_argument("--axis", default="k", choices=sorted(AXES), help="image axis the slices are taken across (default k: the slice direction)")
-    parser.add_argument("--strength", type=float, default=1.0, help="fraction of the estimated noise to remove, 0..1 (default: 1)")
+    parser.add_argument("--strength", type=float, default=1.0, help="fraction of the estimated noise to remove, 0..1 (default: 1, the model's full output)")
     parser.add_argument("--ensemble", type=int, default=1, choices=ENSEMBLE_SIZES,
                         help="self-ensemble: average the outputs over N flips and 90-degree rotations of each slice "
                              "(2: the slice and its mirror image, 4: the mirrorings, 8: with the rotations); N times "

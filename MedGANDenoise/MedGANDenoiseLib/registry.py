@@ -67,6 +67,11 @@ class ModelCard:
 
     REQUIRED = ("id", "modality", "variant", "architecture", "normalization", "file", "sha256")
 
+    def __post_init__(self) -> None:
+        scale = self.noise_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 < scale <= 1.0:
+            raise ValueError(f"model {self.id!r}: noise_scale must be a number in (0, 1], got {scale!r}")
+
     @classmethod
     def from_dict(cls, entry: Any, folder: Path) -> "ModelCard":
         where = Path(folder) / REGISTRY_FILE
