@@ -78,7 +78,7 @@ def test_the_cards_noise_scale_multiplies_the_strength(tiny_model):
     np.testing.assert_allclose(both.noise, 0.4 * full.noise, atol=1e-3)
     np.testing.assert_allclose(scaled.denoised + scaled.noise, volume, atol=1e-3)
     assert np.abs(full.noise).max() > 1.0, "the model removes something to scale"
-    with pytest.raises(ValueError, match="noise_scale must be a number in \\(0, 1\\]"):
+    with pytest.raises(ValueError, match="'noise_scale' must be a number in \\(0, 1\\]"):
         replace(tiny_model.card, noise_scale=1.5)
 
 

@@ -47,14 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     if card.get("noise_scale", 1.0) != 1.0:
         parser.error(f"{args.model} already has noise_scale {card['noise_scale']}: calibrate the network's raw output")
     levels = args.levels.split(",")
-    filters = {(image, level): evaluate(image, level, args.out / f"filters_{Path(image).name.split('.')[0]}_{level}",
+    names = {image: Path(image).name.split(".")[0] for image in args.images}
+    filters = {(image, level): evaluate(image, level, args.out / f"filters_{names[image]}_{level}",
                                         ["--methods", "noisy,bm3d,nlm,cad"])
                for image in args.images for level in levels}
     scale = 1.0
     while scale >= args.lowest - 1e-9:
         passed = True
         for (image, level), rows in filters.items():
-            name = Path(image).name.split(".")[0]
+            name = names[image]
             runs = evaluate(image, level, args.out / f"{args.model}-{card['sha256'][:8]}_{name}_{level}_x{scale:.2f}",
                             ["--methods", "model", "--no-branches", "--models-dir", args.models_dir, "--model", args.model,
                              "--strength", f"{scale:.2f}"])

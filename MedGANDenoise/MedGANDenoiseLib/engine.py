@@ -252,6 +252,7 @@ def denoise_volume(
     _set_cpu_threads(torch)
     dtype = _compute_dtype(precision, model.generator, torch_device)
     generator = inference_copy(model.generator, torch_device, dtype)
+    share_removed = strength * card.noise_scale  # of the network's noise estimate
     notes: list[str] = []
     padded_voxels = 0
     total = stack.shape[0]
@@ -292,8 +293,8 @@ def denoise_volume(
         removed = original - output
         if outside is not None:
             removed[outside] = 0.0
-        if strength * card.noise_scale != 1.0:
-            removed *= np.float32(strength * card.noise_scale)
+        if share_removed != 1.0:
+            removed *= np.float32(share_removed)
         noise_stack[done : done + len(batch)] = removed
         denoised_stack[done : done + len(batch)] = original - removed
         done += len(batch)

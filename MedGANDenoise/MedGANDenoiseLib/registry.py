@@ -70,7 +70,8 @@ class ModelCard:
     def __post_init__(self) -> None:
         scale = self.noise_scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 < scale <= 1.0:
-            raise ValueError(f"model {self.id!r}: noise_scale must be a number in (0, 1], got {scale!r}")
+            raise ValueError(f"model {self.id!r}: 'noise_scale' must be a number in (0, 1], "
+                             f"the share of the noise estimate the model removes; got {scale!r}")
 
     @classmethod
     def from_dict(cls, entry: Any, folder: Path) -> "ModelCard":
@@ -86,16 +87,12 @@ class ModelCard:
         for key in ("architecture", "normalization"):
             if not isinstance(entry[key], dict):
                 raise ValueError(f"model entry {entry['id']!r} in {where}: {key!r} must be an object")
-        scale = entry.get("noise_scale", 1.0)
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 < scale <= 1.0:
-            raise ValueError(f"model entry {entry['id']!r} in {where}: 'noise_scale' must be a number in (0, 1], "
-                             f"the share of the noise estimate the model removes; got {scale!r}")
         known = {f for f in cls.__dataclass_fields__ if f != "folder"}
-        card = cls(**{k: v for k, v in entry.items() if k in known}, folder=Path(folder))
         try:
+            card = cls(**{k: v for k, v in entry.items() if k in known}, folder=Path(folder))
             card.modality = normalize_modality(card.modality)
         except ValueError as error:
-            raise ValueError(f"model entry {card.id!r} in {where}: {error}") from error
+            raise ValueError(f"model entry {entry['id']!r} in {where}: {error}") from error
         return card
 
     def to_dict(self) -> dict[str, Any]:
