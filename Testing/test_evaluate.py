@@ -250,3 +250,30 @@ def test_a_two_d_image_is_degraded_whole_and_cut_into_tiles(tmp_path):
     sitk.WriteImage(sitk.GetImageFromArray(image), str(path))
     noisy, clean = evaluate.simulated_stack(str(path), "gaussian:sigma=0.05", ":", seed=3, tile=48)
     assert clean.shape == (3, 48, 48) and not np.any([np.ptp(c) == 0 for c in clean]), "the blank tile is left out"
+
+
+def test_noise_draws_follow_one_another_with_consecutive_seeds(tmp_path, capsys):
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(1)
+    volume = (rng.random((2, 100, 100)) * 200 + 20).astype(np.float32)
+    path = tmp_path / "us.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(volume), str(path))
+    spec = "us_speckle:strength=0.5,db=60"
+    first, clean_one = evaluate.simulated_stack(str(path), spec, ":", seed=5, tile=48)
+    second, _ = evaluate.simulated_stack(str(path), spec, ":", seed=6, tile=48)
+    both, clean_both = evaluate.simulated_stack(str(path), spec, ":", seed=5, tile=48, draws=2)
+    assert len(clean_one) == 8 and len(both) == 16, "2 slices x 4 tiles, twice"
+    np.testing.assert_array_equal(both[:8], first)
+    np.testing.assert_array_equal(both[8:], second)
+    np.testing.assert_array_equal(clean_both, np.concatenate([clean_one, clean_one]))
+    assert not np.array_equal(first, second), "each draw has its own noise"
+    with pytest.raises(ValueError, match="at least 1"):
+        evaluate.simulated_stack(str(path), spec, ":", seed=5, draws=0)
+    out = tmp_path / "eval"
+    assert evaluate.main(["--clean", str(path), "--modality", "US", "--slices", ":", "--tile", "48", "--degradation", spec,
+                          "--draws", "2", "--methods", "noisy,cad", "--out", str(out)]) == 0
+    table = (out / "table.md").read_text()
+    assert "2 noise draws (seeds 1234-1235" in table and "over 16 slices" in table
+    report = json.loads((out / "metrics.json").read_text())
+    assert len(report["methods"]["noisy input"]["per_slice"]["psnr"]) == 16

@@ -257,6 +257,40 @@ def test_zoom_adds_each_training_image_at_a_coarser_pixel_and_leaves_validation_
             training.parse_args(args[:-1] + [bad])
 
 
+def test_gain_db_adds_each_training_image_with_its_display_lowered_and_clipped_at_the_floor(tmp_path):
+    """--gain-db 0,-12 (of a 60 dB display): every training image also enters 12/60 of its grey
+    range darker, clipped at its floor, with a foreground threshold lowered with it; held-out
+    images stay as they are."""
+    rng = np.random.default_rng(2)
+    paths = []
+    for name in ("train", "held_out"):
+        image = (rng.random((1, 64, 64)) * 200 + 20).astype(np.float32)
+        image[0, :, :8] = 0.0  # the black outside an ultrasound sector: the display's floor
+        sitk.WriteImage(sitk.GetImageFromArray(image), str(tmp_path / f"{name}.nii.gz"))
+        paths.append(tmp_path / f"{name}.nii.gz")
+    args = ["--clean", str(paths[0]), "--val-clean", str(paths[1]), "--modality", "US",
+            "--degradation", "us_speckle:strength=0.5,db=60", "--variants-per-slice", "2", "--patch-size", "32",
+            "--sim-cache", "", "--out", str(tmp_path / "run"), "--gain-db", "0,-12"]
+    dataset, val_pairs, info = training.build_training_data(training.parse_args(args))
+    original = sitk.GetArrayFromImage(sitk.ReadImage(str(paths[0])))[0]
+    assert len(dataset.pairs) == 4 and info["gain_db"] == [0.0, -12.0] and info["display_db"] == 60.0
+    as_is, lowered = dataset.pairs[0], dataset.pairs[2]
+    np.testing.assert_array_equal(as_is.clean, original)
+    shift = original.max() * 12 / 60
+    np.testing.assert_allclose(lowered.clean, np.maximum(original - shift, 0.0), atol=1e-4)
+    assert (lowered.clean == 0).mean() > (original == 0).mean(), "tissue darker than the shift reaches the floor"
+    assert lowered.noisy.min() >= 0.0 and not np.array_equal(lowered.noisy, as_is.noisy)
+    assert lowered.foreground == pytest.approx(max(as_is.foreground - shift, original.max() * 1e-3))
+    np.testing.assert_array_equal(val_pairs[0].clean, sitk.GetArrayFromImage(sitk.ReadImage(str(paths[1])))[0])
+    default, _, info = training.build_training_data(training.parse_args(args[:-2]))
+    assert len(default.pairs) == 2 and "gain_db" not in info
+    for bad in ("6", "-40", "a", ""):
+        with pytest.raises(SystemExit):
+            training.parse_args(args[:-1] + [bad])
+    with pytest.raises(SystemExit):
+        training.parse_args(args + ["--display-db", "0"])
+
+
 def generator_state(checkpoint: Path) -> dict[str, torch.Tensor]:
     return torch.load(checkpoint, map_location="cpu", weights_only=True)["generator"]
 

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                for image in args.images for level in levels}
     scale = 1.0
     while scale >= args.lowest - 1e-9:
-        passed = True
+        passed, margins = True, []
         for (image, level), rows in filters.items():
             name = names[image]
             runs = evaluate(image, level, args.out / f"{args.model}-{card['sha256'][:8]}_{name}_{level}_x{scale:.2f}",
@@ -63,10 +63,15 @@ def main(argv: list[str] | None = None) -> int:
             best = {m: max(rows[f][m] for f in FILTERS) for m in ("psnr", "ssim")}
             ok = model["psnr"] > best["psnr"] and model["ssim"] > best["ssim"]
             passed &= ok
+            margins.append((model["psnr"] - best["psnr"], model["ssim"] - best["ssim"], f"{name} {level}"))
             print(f"scale {scale:.2f}  {name:18s} speckle {level:4s}  model {model['psnr']:.2f} dB / {model['ssim']:.4f}"
                   f"   best filter {best['psnr']:.2f} / {best['ssim']:.4f}   {'beats' if ok else 'BELOW'}")
         if passed:
             print(f"chosen noise_scale: {scale:.2f} (the largest at which the model beats every filter everywhere)")
+            psnr, ssim, where = zip(*margins)
+            print(f"margins over the best filter there: SSIM smallest {min(ssim):+.4f} ({where[ssim.index(min(ssim))]}), "
+                  f"mean {sum(ssim) / len(ssim):+.4f}; PSNR smallest {min(psnr):+.2f} dB ({where[psnr.index(min(psnr))]}), "
+                  f"mean {sum(psnr) / len(psnr):+.2f} dB")
             return 0
         scale = round(scale - args.step, 6)
     print(f"no scale down to {args.lowest} beats every filter on every condition")

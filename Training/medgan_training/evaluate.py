@@ -272,8 +272,10 @@ def nps_figure(path: Path, spectra: dict) -> None:
 
 
 def simulated_stack(clean_path: str, degradation: str, slices: str, seed: int, axis: int = 0,
-                    tile: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Held-out clean slices of a scan and their degraded versions (fixed seed). With `tile`, each
+                    tile: int = 0, draws: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out clean slices of a scan and their degraded versions (fixed seed). With draws > 1 the
+    slices are degraded that many times, with seeds seed, seed + 1, ..., and the stacks follow one
+    another (draw 0 first): a mean over noise realisations as well as over slices. With `tile`, each
     slice is degraded whole and then cut into non-overlapping tile x tile squares that become the
     slices: a large 2-D X-ray or ultrasound image gives a mean +- std over its regions. Tiles
     without image content (clean standard deviation under 1 % of the image's 0.5-99.5 percentile
@@ -290,10 +292,16 @@ def simulated_stack(clean_path: str, degradation: str, slices: str, seed: int, a
     clean = volume[slice(*(int(v) if v else None for v in parts))].astype(np.float32)
     if not len(clean):
         raise ValueError(f"--slices {slices} selects no slice of {clean_path} ({volume.shape[0]} slices along axis {axis})")
+    if draws < 1:
+        raise ValueError(f"--draws must be at least 1, got {draws}")
     degrade = make_degradation(degradation)
-    rng = np.random.default_rng(seed)
     in_plane = [s for i, s in enumerate(reversed(spacing)) if i != axis]
-    noisy = np.stack([degrade(s, rng, pixel_size_mm=float(in_plane[0])) for s in clean]).astype(np.float32)
+    noisy = []
+    for draw in range(draws):
+        rng = np.random.default_rng(seed + draw)
+        noisy.extend(degrade(s, rng, pixel_size_mm=float(in_plane[0])) for s in clean)
+    noisy = np.stack(noisy).astype(np.float32)
+    clean = np.concatenate([clean] * draws)
     if tile:
         clean, noisy = cut_into_tiles(tile, clean, noisy, source=clean_path)
     return noisy, clean
@@ -327,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", default="-16:", help="Python slice of the held-out slices along --axis (default: the last 16).")
     parser.add_argument("--axis", type=int, default=0, help="Slice axis of the numpy (k, j, i) volume.")
     parser.add_argument("--seed", type=int, default=1234, help="Seed of the simulated noise.")
+    parser.add_argument("--draws", type=int, default=1,
+                        help="Degrade the slices this many times (seeds --seed, --seed + 1, ...) and measure over all: "
+                             "mean +- std over slices x noise draws (default: 1).")
     parser.add_argument("--tile", type=int, default=0,
                         help="Cut each degraded slice into tiles of this side, used as the slices (2-D X-ray, ultrasound).")
     parser.add_argument("--methods", action="append", help=f"Comma-separated subset of: {', '.join(METHODS)} (default: all).")
@@ -360,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
             noisy, clean = load_real_ldct_pair(args.real_ldct_pair)
         else:
             modality = normalize_modality(args.modality)
-            noisy, clean = simulated_stack(args.clean, args.degradation, args.slices, args.seed, args.axis, args.tile)
+            noisy, clean = simulated_stack(args.clean, args.degradation, args.slices, args.seed, args.axis, args.tile,
+                                           args.draws)
         summaries, outputs, window = evaluate(noisy, clean, modality, methods=methods, models=args.models,
                                               models_dirs=tuple(args.models_dir), branches=not args.no_branches,
                                               device=args.device, tune_slices=args.tune_slices, tune_crop=args.tune_crop,
@@ -377,7 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(summaries, window, unit)
     source = (f"real pair {args.real_ldct_pair}" if args.real_ldct_pair else
               f"{args.clean} slices {args.slices} (axis {args.axis}){f', {args.tile}-pixel tiles' if args.tile else ''}, "
-              f"{args.degradation}, seed {args.seed}")
+              f"{args.degradation}, " + (f"seed {args.seed}" if args.draws == 1 else
+                                         f"{args.draws} noise draws (seeds {args.seed}-{args.seed + args.draws - 1}, "
+                                         "one after the other: the slices below are the first draw's)"))
     per_slice = per_slice_table(summaries)
     (args.out / "table.md").write_text(f"Data: {source}.\n\n{table}" + (f"\n{per_slice}" if per_slice else ""))
     report = {"source": source, "window": window.label(unit), "methods": summaries}

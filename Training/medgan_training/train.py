@@ -79,6 +79,13 @@ class TrainConfig:
                        "more pixels, as on a scan reconstructed at 0.4-0.5 mm (simulated degradations only; the noise "
                        "is made at the new pixel size). Each factor adds a copy of the training pairs with zoom^2 "
                        "times the pixels: 1,1.5 takes about 3.3x the memory and simulation time of 1.")
+    gain_db: str = option("0", "Comma-separated display gains in dB (each in [-30, 0]) at which each training scan is "
+                          "also used, e.g. 0,-6,-12 for log-compressed ultrasound: the clean display lowered by that "
+                          "share of --display-db (top * |gain| / display_db grey levels; what falls below the image's "
+                          "floor stays at the floor) before it is degraded, as when the user turns the overall gain "
+                          "down, so that textured tissue also appears near the floor, where the speckle is clipped. "
+                          "Each gain adds a copy of the training pairs (of every --zoom factor).")
+    display_db: float = option(60.0, "Dynamic range of the log-compressed display that --gain-db refers to, in dB.")
     balance_scans: bool = option(False, "Draw each training patch from a scan chosen uniformly, then one of its slices, "
                                  "so every scan weighs the same (default: every slice does, and a 27-frame cine "
                                  "outweighs a single image 27 to 1).")
@@ -211,6 +218,14 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         parser.error(str(error))
     if zooms != [1.0] and cfg.low:
         parser.error("--zoom applies to --clean scans with a simulated degradation, not to paired --low/--high folders")
+    try:
+        gains = parse_gain_db(cfg.gain_db)
+    except ValueError as error:
+        parser.error(str(error))
+    if gains != [0.0] and cfg.low:
+        parser.error("--gain-db applies to --clean scans with a simulated degradation, not to paired --low/--high folders")
+    if cfg.display_db <= 0:
+        parser.error(f"--display-db must be positive, got {cfg.display_db}")
     if cfg.init_from:
         try:
             initial_model_card(cfg.init_from, cfg)
@@ -266,6 +281,22 @@ def parse_zoom(text: str) -> list[float]:
     return zooms
 
 
+def parse_gain_db(text: str) -> list[float]:
+    try:
+        gains = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        gains = []
+    if not gains or any(not -30 <= g <= 0 for g in gains):
+        raise ValueError(f"--gain-db takes comma-separated gains in dB in [-30, 0], e.g. 0,-6,-12; got {text!r}")
+    return gains
+
+
+def gain_shift(volume: np.ndarray, gain_db: float, display_db: float) -> float:
+    """The grey levels by which a gain change of gain_db (<= 0) lowers a log-compressed display of
+    display_db dB spanning the volume's range."""
+    return (float(volume.max()) - float(volume.min())) * -gain_db / display_db
+
+
 def zoomed_slice(image: np.ndarray, zoom: float) -> np.ndarray:
     """The slice resampled by `zoom`, as float32 (zoom 1: as is): below 1 with an anti-aliasing
     filter, above 1 by linear interpolation."""
@@ -305,8 +336,10 @@ def build_training_data(cfg: TrainConfig) -> tuple[PatchDataset, list[Validation
         val_degrade = make_degradation(val_spec)
         info["val_degradation"] = val_spec
         scans = [(path, False) for path in cfg.clean] + [(path, True) for path in cfg.val_clean]
-        zooms = parse_zoom(cfg.zoom)
+        zooms, gains = parse_zoom(cfg.zoom), parse_gain_db(cfg.gain_db)
         info["zoom"] = zooms
+        if gains != [0.0]:
+            info["gain_db"], info["display_db"] = gains, cfg.display_db
         for scan_index, (path, validation_only) in enumerate(scans):
             volume, spacing = load_volume(path)
             volume = np.moveaxis(volume, cfg.axis, 0)
@@ -316,15 +349,20 @@ def build_training_data(cfg: TrainConfig) -> tuple[PatchDataset, list[Validation
                 train_slices, val_slices = [], range(len(volume))
             else:
                 train_slices, val_slices = split_slabs(len(volume), cfg.val_fraction, position=cfg.val_position)
-            for zoom_index, zoom in enumerate(zooms if train_slices else []):
-                clean = [zoomed_slice(volume[i], zoom) for i in train_slices]
+            copies = [(z, zoom, g, gain) for z, zoom in enumerate(zooms) for g, gain in enumerate(gains)]
+            for zoom_index, zoom, gain_index, gain in (copies if train_slices else []):
+                # the lowered display clips at the volume's floor; tissue stays tissue down to just above it
+                shift, floor = gain_shift(volume, gain, cfg.display_db), float(volume.min())
+                clean = [np.maximum(zoomed_slice(volume[i], zoom) - shift, floor) for i in train_slices]
+                copy_threshold = max(threshold - shift, floor + 1e-3 * (float(volume.max()) - floor)) if shift else threshold
                 if min(clean[0].shape) < cfg.patch_size:
                     raise ValueError(f"{path}: at --zoom {zoom} its slices are {clean[0].shape}, smaller than the "
                                      f"{cfg.patch_size}-pixel patches: drop that factor or use a smaller --patch-size")
-                noisy = simulate_pairs(clean, degrade, cfg.variants_per_slice, cfg.seed + scan_index + 1000 * zoom_index,
-                                       pixel_size / zoom, workers=min(2, os.cpu_count() or 1), cache_dir=cfg.sim_cache or None)
+                seed = cfg.seed + scan_index + 1000 * zoom_index + 100_000 * gain_index
+                noisy = simulate_pairs(clean, degrade, cfg.variants_per_slice, seed, pixel_size / zoom,
+                                       workers=min(2, os.cpu_count() or 1), cache_dir=cfg.sim_cache or None)
                 params = normalizer.fit(np.stack(noisy[:: cfg.variants_per_slice]))  # one degraded copy of the slices
-                train_pairs += [SlicePair(n, clean[k // cfg.variants_per_slice], params, threshold, scan=scan_index)
+                train_pairs += [SlicePair(n, clean[k // cfg.variants_per_slice], params, copy_threshold, scan=scan_index)
                                 for k, n in enumerate(noisy)]
             held_out = [val_degrade(volume[i], np.random.default_rng([cfg.seed, 10_000 + scan_index, i]), pixel_size_mm=pixel_size)
                         for i in val_slices]

@@ -1,0 +1,93 @@
+"""An ultrasound model against the filters a user has (BM3D and NLM with estimated sigma, Slicer's
+curvature anisotropic diffusion) on images whose display gain was turned down: the clean
+log-compressed display lowered by 0, 6, 12, 18 dB of a 60 dB range (clipped at its floor), then
+speckled. Lowering the gain moves textured tissue towards the floor, where the added speckle is
+clipped; it is how a user's darker scan differs from a bright one.
+
+    python benchmarks/us_gain.py --model us-unet-w16
+    python benchmarks/us_gain.py --models-dir runs/us_gain3/export --model usgain3 --strength 0.95
+
+Images: the calibration images of benchmarks/us_noise_scale.py (no model trained on them), as
+160 x 160 tiles, speckle seed 1234. The filters' results are cached under output/us_gain/. Prints
+one line per image, gain and speckle strength, and the conditions where the model is below a filter.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from medgan_training.datasets import load_volume
+from medgan_training.degradations import make_degradation
+from medgan_training.evaluate import cut_into_tiles, evaluate
+
+IMAGES = ("data/us_still_epiq.nii.gz", "data/us_aloka_pelvis.nii.gz", "data/us_logiq_sector.nii.gz")
+FILTERS = ("BM3D, estimated sigma", "non-local means, estimated sigma", "curvature anisotropic diffusion, Slicer defaults")
+
+
+def darkened_stack(path: str, gain_db: float, level: str, display_db: float = 60.0, seed: int = 1234,
+                   tile: int = 160) -> tuple[np.ndarray, np.ndarray]:
+    """(noisy, clean) tiles of a B-mode image with its display lowered by gain_db and speckle added."""
+    volume, spacing = load_volume(path)
+    floor = float(volume.min())
+    shift = (float(volume.max()) - floor) * -gain_db / display_db
+    clean = np.maximum(volume.astype(np.float32) - shift, floor)
+    degrade = make_degradation(f"us_speckle:strength={level},db={display_db:g}")
+    rng = np.random.default_rng(seed)
+    pixel_size = float(list(reversed(spacing))[1])  # in-plane, as medgan-evaluate takes it
+    noisy = np.stack([degrade(s, rng, pixel_size_mm=pixel_size) for s in clean]).astype(np.float32)
+    return cut_into_tiles(tile, clean, noisy, source=path)[::-1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="the model id")
+    parser.add_argument("--models-dir", action="append", default=[], help="a folder of further models (a run's export)")
+    parser.add_argument("--strength", type=float, default=1.0, help="as medgan-denoise --strength (default: 1)")
+    parser.add_argument("--images", nargs="+", default=list(IMAGES), help="clean B-mode images")
+    parser.add_argument("--gains", default="0,-6,-12,-18", help="display gains in dB")
+    parser.add_argument("--levels", default="0.25,0.5,1", help="speckle strengths added")
+    parser.add_argument("--out", type=Path, default=Path("output/us_gain"), help="cache of the filters' results")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    below, margins = [], []
+    for image in args.images:
+        name = Path(image).name.split(".")[0]
+        for gain in (float(g) for g in args.gains.split(",")):
+            for level in args.levels.split(","):
+                noisy, clean = darkened_stack(image, gain, level)
+                cache = args.out / f"filters_{name}_{gain:g}_{level}.json"
+                if cache.is_file():
+                    filters = json.loads(cache.read_text())
+                else:
+                    filters, _, _ = evaluate(noisy, clean, "US", methods=("noisy", "bm3d", "nlm", "cad"), log=lambda _: None)
+                    filters = {k: {m: v[m] for m in ("psnr", "ssim")} for k, v in filters.items()}
+                    cache.write_text(json.dumps(filters, indent=1))
+                rows, _, _ = evaluate(noisy, clean, "US", methods=("model",), models=[args.model],
+                                      models_dirs=tuple(args.models_dir), branches=False, strength=args.strength,
+                                      log=lambda _: None)
+                model = next(iter(rows.values()))
+                best = {m: max(filters[f][m] for f in FILTERS) for m in ("psnr", "ssim")}
+                ok = model["psnr"] > best["psnr"] and model["ssim"] > best["ssim"]
+                margins.append((model["psnr"] - best["psnr"], model["ssim"] - best["ssim"]))
+                condition = f"{name} gain {gain:+g} dB speckle {level}"
+                if not ok:
+                    below.append(condition)
+                noisy_row = filters["noisy input"]
+                print(f"{condition:48s} noisy {noisy_row['psnr']:.2f} / {noisy_row['ssim']:.4f}   best filter "
+                      f"{best['psnr']:.2f} / {best['ssim']:.4f}   model {model['psnr']:.2f} / {model['ssim']:.4f}   "
+                      f"{'beats' if ok else 'BELOW'}", flush=True)
+    psnr, ssim = zip(*margins)
+    print(f"{args.model} (strength {args.strength:g}): beats every filter in {len(margins) - len(below)} of "
+          f"{len(margins)} conditions; margin over the best filter: SSIM mean {np.mean(ssim):+.4f}, smallest "
+          f"{min(ssim):+.4f}; PSNR mean {np.mean(psnr):+.2f} dB, smallest {min(psnr):+.2f} dB")
+    if below:
+        print("below a filter: " + "; ".join(below))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
