@@ -289,6 +289,11 @@ def test_gain_db_adds_each_training_image_with_its_display_lowered_and_clipped_a
             training.parse_args(args[:-1] + [bad])
     with pytest.raises(SystemExit):
         training.parse_args(args + ["--display-db", "0"])
+    paired = ["--low", str(tmp_path), "--high", str(tmp_path), "--modality", "US", "--out", str(tmp_path / "p")]
+    assert training.parse_args(paired).gain_db == "0"
+    for flag, value in (("--gain-db", "0,-6"), ("--zoom", "1,0.5")):
+        with pytest.raises(SystemExit):  # a real pair's quality is not ours to change
+            training.parse_args(paired + [flag, value])
 
 
 def generator_state(checkpoint: Path) -> dict[str, torch.Tensor]:

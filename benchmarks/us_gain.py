@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{best['psnr']:.2f} / {best['ssim']:.4f}   model {model['psnr']:.2f} / {model['ssim']:.4f}   "
                       f"{'beats' if ok else 'BELOW'}", flush=True)
     psnr, ssim = zip(*margins)
-    print(f"{args.model} (strength {args.strength:g}): beats every filter in {len(margins) - len(below)} of "
+    print(f"{args.model} (strength {args.strength:g}, noise_scale {model['noise_scale']:g}): beats every filter in {len(margins) - len(below)} of "
           f"{len(margins)} conditions; margin over the best filter: SSIM mean {np.mean(ssim):+.4f}, smallest "
           f"{min(ssim):+.4f}; PSNR mean {np.mean(psnr):+.2f} dB, smallest {min(psnr):+.2f} dB")
     if below:

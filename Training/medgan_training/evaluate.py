@@ -390,8 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     source = (f"real pair {args.real_ldct_pair}" if args.real_ldct_pair else
               f"{args.clean} slices {args.slices} (axis {args.axis}){f', {args.tile}-pixel tiles' if args.tile else ''}, "
               f"{args.degradation}, " + (f"seed {args.seed}" if args.draws == 1 else
-                                         f"{args.draws} noise draws (seeds {args.seed}-{args.seed + args.draws - 1}, "
-                                         "one after the other: the slices below are the first draw's)"))
+                                         f"{args.draws} noise draws (seeds {args.seed}-{args.seed + args.draws - 1})"))
     per_slice = per_slice_table(summaries)
     (args.out / "table.md").write_text(f"Data: {source}.\n\n{table}" + (f"\n{per_slice}" if per_slice else ""))
     report = {"source": source, "window": window.label(unit), "methods": summaries}

@@ -212,18 +212,13 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         parser.error(f"--ema-decay takes 0 (off) or a decay in (0, 1), e.g. 0.999; got {cfg.ema_decay}")
     if cfg.select_on not in ("psnr", "ssim", "last"):
         parser.error(f"--select-on must be psnr, ssim or last, got {cfg.select_on!r}")
-    try:
-        zooms = parse_zoom(cfg.zoom)
-    except ValueError as error:
-        parser.error(str(error))
-    if zooms != [1.0] and cfg.low:
-        parser.error("--zoom applies to --clean scans with a simulated degradation, not to paired --low/--high folders")
-    try:
-        gains = parse_gain_db(cfg.gain_db)
-    except ValueError as error:
-        parser.error(str(error))
-    if gains != [0.0] and cfg.low:
-        parser.error("--gain-db applies to --clean scans with a simulated degradation, not to paired --low/--high folders")
+    for flag, parse, text, as_is in (("--zoom", parse_zoom, cfg.zoom, [1.0]), ("--gain-db", parse_gain_db, cfg.gain_db, [0.0])):
+        try:
+            copies = parse(text)
+        except ValueError as error:
+            parser.error(str(error))
+        if copies != as_is and cfg.low:
+            parser.error(f"{flag} applies to --clean scans with a simulated degradation, not to paired --low/--high folders")
     if cfg.display_db <= 0:
         parser.error(f"--display-db must be positive, got {cfg.display_db}")
     if cfg.init_from:
