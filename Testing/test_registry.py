@@ -201,7 +201,7 @@ def test_a_card_without_noise_scale_removes_the_whole_estimate_and_one_with_it_k
 
 def test_the_shipped_ultrasound_model_records_how_its_noise_scale_was_chosen():
     card = ModelRegistry.default(()).find("US", "unet")
-    assert 0.5 <= card.noise_scale < 1.0
+    assert 0.5 <= card.noise_scale <= 1.0
     calibration = card.training["calibration"]
     assert calibration["noise_scale"] == card.noise_scale and "us_noise_scale.py" in calibration["command"]
     trained_on = set(card.training["config"]["clean"])
