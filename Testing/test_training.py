@@ -257,7 +257,7 @@ def test_zoom_adds_each_training_image_at_a_coarser_pixel_and_leaves_validation_
             training.parse_args(args[:-1] + [bad])
 
 
-def test_gain_db_adds_each_training_image_with_its_display_lowered_and_clipped_at_the_floor(tmp_path):
+def test_gain_db_adds_each_training_image_with_its_display_lowered_and_clipped_at_the_floor(tmp_path, monkeypatch):
     """--gain-db 0,-12 (of a 60 dB display): every training image also enters 12/60 of its grey
     range darker, clipped at its floor, with a foreground threshold lowered with it; held-out
     images stay as they are."""
@@ -271,7 +271,11 @@ def test_gain_db_adds_each_training_image_with_its_display_lowered_and_clipped_a
     args = ["--clean", str(paths[0]), "--val-clean", str(paths[1]), "--modality", "US",
             "--degradation", "us_speckle:strength=0.5,db=60", "--variants-per-slice", "2", "--patch-size", "32",
             "--sim-cache", "", "--out", str(tmp_path / "run"), "--gain-db", "0,-12"]
+    seeds, simulate = [], training.simulate_pairs
+    monkeypatch.setattr(training, "simulate_pairs", lambda clean, degrade, variants, seed, *rest, **options:
+                        seeds.append(seed) or simulate(clean, degrade, variants, seed, *rest, **options))
     dataset, val_pairs, info = training.build_training_data(training.parse_args(args))
+    assert seeds == [0, 100_000], "the gain-0 copy keeps the seed (and cache) of a run without --gain-db"
     original = sitk.GetArrayFromImage(sitk.ReadImage(str(paths[0])))[0]
     assert len(dataset.pairs) == 4 and info["gain_db"] == [0.0, -12.0] and info["display_db"] == 60.0
     as_is, lowered = dataset.pairs[0], dataset.pairs[2]
@@ -282,6 +286,9 @@ def test_gain_db_adds_each_training_image_with_its_display_lowered_and_clipped_a
     assert lowered.noisy.min() >= 0.0 and not np.array_equal(lowered.noisy, as_is.noisy)
     assert lowered.foreground == pytest.approx(max(as_is.foreground - shift, original.max() * 1e-3))
     np.testing.assert_array_equal(val_pairs[0].clean, sitk.GetArrayFromImage(sitk.ReadImage(str(paths[1])))[0])
+    slight, _, _ = training.build_training_data(training.parse_args(args[:-1] + ["0,-3"]))
+    assert slight.pairs[2].foreground == pytest.approx(as_is.foreground - original.max() * 3 / 60), \
+        "a small gain lowers the tissue threshold by as much as the tissue"
     default, _, info = training.build_training_data(training.parse_args(args[:-2]))
     assert len(default.pairs) == 2 and "gain_db" not in info
     for bad in ("6", "-40", "a", ""):

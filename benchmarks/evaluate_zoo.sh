@@ -1,6 +1,6 @@
 #!/bin/bash
 # The README's per-modality tables: every shipped model of a modality beside the classical filters
-# on held-out data the models never trained on (a measurement, not a test; about 40 min on 2 cores).
+# on held-out data the models never trained on (a measurement, not a test; about 50 min on 2 cores).
 #
 #   medgan-data && python -m medgan_training.phantoms --data data   # the images and the PET phantoms
 #   bash benchmarks/evaluate_zoo.sh [mr|pet|xray|us ...]              # default: all four

@@ -1,11 +1,12 @@
 """An ultrasound model against the filters a user has (BM3D and NLM with estimated sigma, Slicer's
-curvature anisotropic diffusion) on images whose display gain was turned down: the clean
-log-compressed display lowered by 0, 6, 12, 18 dB of a 60 dB range (clipped at its floor), then
-speckled. Lowering the gain moves textured tissue towards the floor, where the added speckle is
-clipped; it is how a user's darker scan differs from a bright one.
+curvature anisotropic diffusion) on images whose display gain was turned down: the clean image
+speckled on its 60 dB log display, then clean and speckled image alike lowered by 0, 6, 12, 18 dB
+of that range (clipped at the floor), as the scanner's overall gain does. Lowering the gain moves
+textured tissue and its speckle towards the floor, where they are clipped; it is how a user's
+darker scan differs from a bright one.
 
     python benchmarks/us_gain.py --model us-unet-w16
-    python benchmarks/us_gain.py --models-dir runs/us_gain3/export --model usgain3 --strength 0.95
+    python benchmarks/us_gain.py --models-dir runs/us_gainft2/export --model usgainft2
 
 Images: the calibration images of benchmarks/us_noise_scale.py (no model trained on them), as
 160 x 160 tiles, speckle seed 1234. The filters' results are cached under output/us_gain/. Prints
@@ -30,15 +31,16 @@ FILTERS = ("BM3D, estimated sigma", "non-local means, estimated sigma", "curvatu
 
 def darkened_stack(path: str, gain_db: float, level: str, display_db: float = 60.0, seed: int = 1234,
                    tile: int = 160) -> tuple[np.ndarray, np.ndarray]:
-    """(noisy, clean) tiles of a B-mode image with its display lowered by gain_db and speckle added."""
+    """(noisy, clean) tiles of a B-mode image speckled on its display, then both lowered by gain_db."""
     volume, spacing = load_volume(path)
+    volume = volume.astype(np.float32)
     floor = float(volume.min())
     shift = (float(volume.max()) - floor) * -gain_db / display_db
-    clean = np.maximum(volume.astype(np.float32) - shift, floor)
     degrade = make_degradation(f"us_speckle:strength={level},db={display_db:g}")
     rng = np.random.default_rng(seed)
     pixel_size = float(list(reversed(spacing))[1])  # in-plane, as medgan-evaluate takes it
-    noisy = np.stack([degrade(s, rng, pixel_size_mm=pixel_size) for s in clean]).astype(np.float32)
+    noisy = np.stack([degrade(s, rng, pixel_size_mm=pixel_size) for s in volume]).astype(np.float32)
+    clean, noisy = (np.maximum(stack - shift, floor) for stack in (volume, noisy))
     return cut_into_tiles(tile, clean, noisy, source=path)[::-1]
 
 
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", nargs="+", default=list(IMAGES), help="clean B-mode images")
     parser.add_argument("--gains", default="0,-6,-12,-18", help="display gains in dB")
     parser.add_argument("--levels", default="0.25,0.5,1", help="speckle strengths added")
-    parser.add_argument("--out", type=Path, default=Path("output/us_gain"), help="cache of the filters' results")
+    parser.add_argument("--out", type=Path, default=Path("output/us_gain_v2"), help="cache of the filters' results")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     below, margins = [], []

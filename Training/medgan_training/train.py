@@ -80,11 +80,13 @@ class TrainConfig:
                        "is made at the new pixel size). Each factor adds a copy of the training pairs with zoom^2 "
                        "times the pixels: 1,1.5 takes about 3.3x the memory and simulation time of 1.")
     gain_db: str = option("0", "Comma-separated display gains in dB (each in [-30, 0]) at which each training scan is "
-                          "also used, e.g. 0,-6,-12 for log-compressed ultrasound: the clean display lowered by that "
-                          "share of --display-db (top * |gain| / display_db grey levels; what falls below the image's "
-                          "floor stays at the floor) before it is degraded, as when the user turns the overall gain "
-                          "down, so that textured tissue also appears near the floor, where the speckle is clipped. "
-                          "Each gain adds a copy of the training pairs (of every --zoom factor).")
+                          "also used, e.g. 0,-6,-12 for log-compressed ultrasound (a list starting with a minus needs "
+                          "--gain-db=-6,-12): the clean display lowered by that share of --display-db (range * |gain| / "
+                          "display_db grey levels, range = max - min of the scan; what falls below the floor stays there), "
+                          "then degraded, so that textured tissue also appears near the floor, where speckle is clipped. "
+                          "The degradation sees the lowered display, so a us_speckle with db > 0 takes its top as the "
+                          "display's and makes correspondingly weaker speckle (0.8x at -12 dB of 60). Each gain adds a "
+                          "copy of the training pairs (of every --zoom factor).")
     display_db: float = option(60.0, "Dynamic range of the log-compressed display that --gain-db refers to, in dB.")
     balance_scans: bool = option(False, "Draw each training patch from a scan chosen uniformly, then one of its slices, "
                                  "so every scan weighs the same (default: every slice does, and a 27-frame cine "
