@@ -9,7 +9,7 @@ darker scan differs from a bright one.
     python benchmarks/us_gain.py --models-dir runs/us_gainft2/export --model usgainft2
 
 Images: the calibration images of benchmarks/us_noise_scale.py (no model trained on them), as
-160 x 160 tiles, speckle seed 1234. The filters' results are cached under output/us_gain/. Prints
+160 x 160 tiles, speckle seed 1234. The filters' results are cached under output/us_gain_v2/. Prints
 one line per image, gain and speckle strength, and the conditions where the model is below a filter.
 """
 from __future__ import annotations
@@ -24,24 +24,27 @@ import numpy as np
 from medgan_training.datasets import load_volume
 from medgan_training.degradations import make_degradation
 from medgan_training.evaluate import cut_into_tiles, evaluate
+from us_noise_scale import IMAGES, against_filters
 
-IMAGES = ("data/us_still_epiq.nii.gz", "data/us_aloka_pelvis.nii.gz", "data/us_logiq_sector.nii.gz")
-FILTERS = ("BM3D, estimated sigma", "non-local means, estimated sigma", "curvature anisotropic diffusion, Slicer defaults")
+DISPLAY_DB = 60.0
 
 
-def darkened_stack(path: str, gain_db: float, level: str, display_db: float = 60.0, seed: int = 1234,
-                   tile: int = 160) -> tuple[np.ndarray, np.ndarray]:
-    """(noisy, clean) tiles of a B-mode image speckled on its display, then both lowered by gain_db."""
-    volume, spacing = load_volume(path)
-    volume = volume.astype(np.float32)
-    floor = float(volume.min())
-    shift = (float(volume.max()) - floor) * -gain_db / display_db
-    degrade = make_degradation(f"us_speckle:strength={level},db={display_db:g}")
+def speckled(volume: np.ndarray, spacing, level: str, seed: int = 1234) -> np.ndarray:
+    """The image with speckle of that strength added on its DISPLAY_DB log display."""
+    degrade = make_degradation(f"us_speckle:strength={level},db={DISPLAY_DB:g}")
     rng = np.random.default_rng(seed)
     pixel_size = float(list(reversed(spacing))[1])  # in-plane, as medgan-evaluate takes it
-    noisy = np.stack([degrade(s, rng, pixel_size_mm=pixel_size) for s in volume]).astype(np.float32)
-    clean, noisy = (np.maximum(stack - shift, floor) for stack in (volume, noisy))
-    return cut_into_tiles(tile, clean, noisy, source=path)[::-1]
+    return np.stack([degrade(s, rng, pixel_size_mm=pixel_size) for s in volume]).astype(np.float32)
+
+
+def darkened_tiles(clean: np.ndarray, noisy: np.ndarray, gain_db: float, source: str,
+                   tile: int = 160) -> tuple[np.ndarray, np.ndarray]:
+    """(noisy, clean) tiles of a speckled B-mode image and its reference, both lowered by gain_db of
+    the display's range and clipped at its floor, as the scanner's overall gain does."""
+    floor = float(clean.min())
+    shift = (float(clean.max()) - floor) * -gain_db / DISPLAY_DB
+    clean, noisy = (np.maximum(stack - shift, floor) for stack in (clean, noisy))
+    return cut_into_tiles(tile, clean, noisy, source=source)[::-1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,11 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     below, margins = [], []
+    levels = args.levels.split(",")
     for image in args.images:
         name = Path(image).name.split(".")[0]
+        volume, spacing = load_volume(image)
+        volume = volume.astype(np.float32)
+        speckled_at = {level: speckled(volume, spacing, level) for level in levels}  # the same for every gain
         for gain in (float(g) for g in args.gains.split(",")):
-            for level in args.levels.split(","):
-                noisy, clean = darkened_stack(image, gain, level)
+            for level in levels:
+                noisy, clean = darkened_tiles(volume, speckled_at[level], gain, image)
                 cache = args.out / f"filters_{name}_{gain:g}_{level}.json"
                 if cache.is_file():
                     filters = json.loads(cache.read_text())
@@ -72,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                                       models_dirs=tuple(args.models_dir), branches=False, strength=args.strength,
                                       log=lambda _: None)
                 model = next(iter(rows.values()))
-                best = {m: max(filters[f][m] for f in FILTERS) for m in ("psnr", "ssim")}
-                ok = model["psnr"] > best["psnr"] and model["ssim"] > best["ssim"]
+                ok, best = against_filters(model, filters)
                 margins.append((model["psnr"] - best["psnr"], model["ssim"] - best["ssim"]))
                 condition = f"{name} gain {gain:+g} dB speckle {level}"
                 if not ok:

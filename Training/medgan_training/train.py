@@ -268,30 +268,26 @@ def default_val_degradation(spec: str) -> str:
     return spec
 
 
-def parse_zoom(text: str) -> list[float]:
+def comma_separated_numbers(text: str) -> list[float]:
+    """'1,0.5' -> [1.0, 0.5]; [] when a part is not a number or nothing is given."""
     try:
-        zooms = [float(part) for part in text.split(",") if part.strip()]
+        return [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        zooms = []
+        return []
+
+
+def parse_zoom(text: str) -> list[float]:
+    zooms = comma_separated_numbers(text)
     if not zooms or any(not 0 < z <= 2 for z in zooms):
         raise ValueError(f"--zoom takes comma-separated factors in (0, 2], e.g. 1,0.5 or 1,1.5; got {text!r}")
     return zooms
 
 
 def parse_gain_db(text: str) -> list[float]:
-    try:
-        gains = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        gains = []
+    gains = comma_separated_numbers(text)
     if not gains or any(not -30 <= g <= 0 for g in gains):
         raise ValueError(f"--gain-db takes comma-separated gains in dB in [-30, 0], e.g. 0,-6,-12; got {text!r}")
     return gains
-
-
-def gain_shift(volume: np.ndarray, gain_db: float, display_db: float) -> float:
-    """The grey levels by which a gain change of gain_db (<= 0) lowers a log-compressed display of
-    display_db dB spanning the volume's range."""
-    return (float(volume.max()) - float(volume.min())) * -gain_db / display_db
 
 
 def zoomed_slice(image: np.ndarray, zoom: float) -> np.ndarray:
@@ -346,21 +342,24 @@ def build_training_data(cfg: TrainConfig) -> tuple[PatchDataset, list[Validation
                 train_slices, val_slices = [], range(len(volume))
             else:
                 train_slices, val_slices = split_slabs(len(volume), cfg.val_fraction, position=cfg.val_position)
-            copies = [(z, zoom, g, gain) for z, zoom in enumerate(zooms) for g, gain in enumerate(gains)]
-            for zoom_index, zoom, gain_index, gain in (copies if train_slices else []):
-                # the lowered display clips at the volume's floor; tissue stays tissue down to just above it
-                shift, floor = gain_shift(volume, gain, cfg.display_db), float(volume.min())
-                clean = [np.maximum(zoomed_slice(volume[i], zoom) - shift, floor) for i in train_slices]
-                copy_threshold = max(threshold - shift, floor + 1e-3 * (float(volume.max()) - floor)) if shift else threshold
-                if min(clean[0].shape) < cfg.patch_size:
-                    raise ValueError(f"{path}: at --zoom {zoom} its slices are {clean[0].shape}, smaller than the "
+            floor, top = float(volume.min()), float(volume.max())
+            for zoom_index, zoom in enumerate(zooms if train_slices else []):
+                zoomed = [zoomed_slice(volume[i], zoom) for i in train_slices]
+                if min(zoomed[0].shape) < cfg.patch_size:
+                    raise ValueError(f"{path}: at --zoom {zoom} its slices are {zoomed[0].shape}, smaller than the "
                                      f"{cfg.patch_size}-pixel patches: drop that factor or use a smaller --patch-size")
-                seed = cfg.seed + scan_index + 1000 * zoom_index + 100_000 * gain_index
-                noisy = simulate_pairs(clean, degrade, cfg.variants_per_slice, seed, pixel_size / zoom,
-                                       workers=min(2, os.cpu_count() or 1), cache_dir=cfg.sim_cache or None)
-                params = normalizer.fit(np.stack(noisy[:: cfg.variants_per_slice]))  # one degraded copy of the slices
-                train_pairs += [SlicePair(n, clean[k // cfg.variants_per_slice], params, copy_threshold, scan=scan_index)
-                                for k, n in enumerate(noisy)]
+                for gain_index, gain in enumerate(gains):
+                    # a display of display_db dB spanning the volume's range, lowered by the gain change and
+                    # clipped at its floor; tissue stays tissue down to just above the floor
+                    shift = (top - floor) * -gain / cfg.display_db
+                    clean = [np.maximum(z - shift, floor) for z in zoomed]
+                    copy_threshold = max(threshold - shift, floor + 1e-3 * (top - floor)) if shift else threshold
+                    seed = cfg.seed + scan_index + 1000 * zoom_index + 100_000 * gain_index
+                    noisy = simulate_pairs(clean, degrade, cfg.variants_per_slice, seed, pixel_size / zoom,
+                                           workers=min(2, os.cpu_count() or 1), cache_dir=cfg.sim_cache or None)
+                    params = normalizer.fit(np.stack(noisy[:: cfg.variants_per_slice]))  # one degraded copy of the slices
+                    train_pairs += [SlicePair(n, clean[k // cfg.variants_per_slice], params, copy_threshold, scan=scan_index)
+                                    for k, n in enumerate(noisy)]
             held_out = [val_degrade(volume[i], np.random.default_rng([cfg.seed, 10_000 + scan_index, i]), pixel_size_mm=pixel_size)
                         for i in val_slices]
             if held_out:
